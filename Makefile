@@ -1,0 +1,27 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-setup
+DEMO_OUT ?= out/demo
+
+.PHONY: setup test demo bench clean
+
+# The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml
+	@echo ">> setting up $(VENV) (first run takes a few minutes: torch is large)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	ENTROPY_FT_NO_PROGRESS=1 $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,60 @@
+"""The ``entropy-ft`` command: one sub-command per step, a one-line JSON summary on stdout.
+
+Human logs and progress bars go to stderr. Exit 0 on success, 2 on bad input with a
+message that says what was wrong and where, 1 on anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import UserError
+from .logs import log, setup_logging
+
+# command -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("entropy_ft.steps.ingest", "turn image sources into a Dataset artifact (Parquet shards + manifest)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one plain line (its default already uses 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="entropy-ft", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        cfg = args._module.config_from_args(args)
+        summary = args._module.run(cfg)
+    except UserError as exc:
+        print(f"entropy-ft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
