@@ -172,3 +172,29 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
             pairs[prev] = name
     return pairs
+
+
+def trainable_module_names(model: nn.Module, arch: str, layers: list[str]) -> list[str]:
+    """Modules a selection trains: each selected conv, the BatchNorm right after it, and the head.
+
+    Selecting every conv gives full fine-tuning: in the supported architectures every
+    parameter belongs to a conv, its BatchNorm or the head.
+    """
+    known = set(conv_layers(model, arch))
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise UserError(f"selection names layers that {arch} does not have: {unknown[:5]}")
+    pairs = conv_bn_pairs(model)
+    names: list[str] = []
+    for name in layers:
+        names.append(name)
+        if name in pairs:
+            names.append(pairs[name])
+    names.append(head_module_name(arch))
+    return names
+
+
+def count_trainable(model: nn.Module, module_names: list[str]) -> int:
+    """Parameters in the named modules (what an optimizer over them would update)."""
+    modules = dict(model.named_modules())
+    return sum(count_params(modules[name]) for name in module_names)
