@@ -1,0 +1,114 @@
+"""Talk to a KFP endpoint: upload a compiled pipeline as a new version, start a run, or
+create a recurring run.
+
+Runs and schedules always reference an uploaded pipeline version (pipeline id and version
+id), never an inline spec, so the KFP UI shows which version every run used; kfp 2.17's
+``create_recurring_run`` needs both ids anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from entropy_ft.errors import UserError
+from entropy_ft.logs import log
+
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected service-account token
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    token: str | None
+
+    @classmethod
+    def resolve(cls, host: str | None, token: str | None) -> "Endpoint":
+        """``--host`` or KF_PIPELINES_ENDPOINT; ``--token``, KF_PIPELINES_TOKEN or the in-cluster service-account token."""
+        host = host or os.environ.get("KF_PIPELINES_ENDPOINT")
+        if not host:
+            raise UserError("no KFP endpoint: pass --host or set KF_PIPELINES_ENDPOINT")
+        if not host.startswith(("http://", "https://")):
+            raise UserError(f"--host {host}: expected an http:// or https:// URL")
+        token = token or os.environ.get("KF_PIPELINES_TOKEN")
+        sa_path = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", SA_TOKEN_PATH))
+        if not token and sa_path.is_file():
+            token = sa_path.read_text().strip()
+        return cls(host.rstrip("/"), token)
+
+
+def check_reachable(endpoint: Endpoint, timeout: float = 5.0) -> None:
+    """Fail fast with a plain message instead of kfp.Client's 25 s of healthz retries."""
+    url = f"{endpoint.host}/apis/v2beta1/healthz"
+    request = urllib.request.Request(url)
+    if endpoint.token:
+        request.add_header("Authorization", f"Bearer {endpoint.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise UserError(f"{endpoint.host}: the KFP endpoint refused the credentials (HTTP {exc.code})") from exc
+        raise UserError(f"{endpoint.host}: KFP health check answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"{endpoint.host}: KFP endpoint unreachable ({getattr(exc, 'reason', exc)})") from exc
+
+
+def client(endpoint: Endpoint):
+    import kfp
+
+    check_reachable(endpoint)
+    with contextlib.redirect_stdout(sys.stderr):  # kfp prints links on stdout; ours is for the summary
+        return kfp.Client(host=endpoint.host, existing_token=endpoint.token)
+
+
+def upload_version(kfp_client, package: Path, pipeline_name: str, version_name: str) -> tuple[str, str]:
+    """Upload ``package`` as a new version of ``pipeline_name`` (creating the pipeline first time); (pipeline id, version id)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        pipeline_id = kfp_client.get_pipeline_id(pipeline_name)
+        if pipeline_id is None:
+            pipeline = kfp_client.upload_pipeline(str(package), pipeline_name=pipeline_name)
+            pipeline_id = pipeline.pipeline_id
+            versions = kfp_client.list_pipeline_versions(pipeline_id, sort_by="created_at desc", page_size=1)
+            if not versions.pipeline_versions:
+                raise UserError(f"KFP created pipeline {pipeline_name} ({pipeline_id}) without a version")
+            version_id = versions.pipeline_versions[0].pipeline_version_id
+        else:
+            version = kfp_client.upload_pipeline_version(str(package), version_name, pipeline_id=pipeline_id)
+            version_id = version.pipeline_version_id
+    log.info("pipeline %s: id %s, version %s", pipeline_name, pipeline_id, version_id)
+    return pipeline_id, version_id
+
+
+def version_name(project_version: str) -> str:
+    """Unique, readable version names: project version plus UTC time."""
+    return f"{project_version}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def submit_run(kfp_client, experiment: str, run_name: str, pipeline_id: str, version_id: str, arguments: dict) -> str:
+    with contextlib.redirect_stdout(sys.stderr):
+        exp = kfp_client.create_experiment(experiment)
+        run = kfp_client.run_pipeline(
+            experiment_id=exp.experiment_id, job_name=run_name, params=arguments,
+            pipeline_id=pipeline_id, version_id=version_id,
+        )
+    return run.run_id
+
+
+def schedule_run(kfp_client, experiment: str, job_name: str, cron: str, pipeline_id: str, version_id: str,
+                 arguments: dict) -> str:
+    """A recurring run that never overlaps itself and does not backfill missed intervals."""
+    with contextlib.redirect_stdout(sys.stderr):
+        exp = kfp_client.create_experiment(experiment)
+        job = kfp_client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron,
+            max_concurrency=1, no_catchup=True, params=arguments,
+            pipeline_id=pipeline_id, version_id=version_id,
+        )
+    return job.recurring_run_id
