@@ -8,6 +8,7 @@ the KFP launcher, MLflow and the bucket Job agreeing on endpoints, buckets and S
 from __future__ import annotations
 
 import re
+import subprocess
 from urllib.parse import urlparse
 
 import pytest
@@ -330,3 +331,36 @@ def test_deploy_doc_covers_apply_port_forward_and_endpoints():
     assert re.search(rf"{KUBECTL_NS}port-forward svc/mlflow 5000:5000", doc)
     assert "MLFLOW_TRACKING_URI=http://mlflow." in doc and "AWS_ENDPOINT_URL=http://minio." in doc
 
+
+
+def test_bucket_job_script_waits_for_minio_then_creates_every_bucket(rendered, tmp_path):
+    """The Job's shell script, run by /bin/sh against a stand-in `mc` that is down for two attempts."""
+    objects = rendered["local"]
+    container = only_container(objects, "Job", "minio-buckets")
+    env = {name: entry["value"] for name, entry in env_of(container).items() if "value" in entry}
+    env |= {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+    calls, state = tmp_path / "calls", tmp_path / "down"
+    state.write_text("2")
+    fake_mc = tmp_path / "mc"
+    fake_mc.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+if [ "$1" = ls ]; then
+  left=$(cat {state}); [ "$left" -gt 0 ] && {{ echo $((left - 1)) > {state}; exit 1; }}
+fi
+exit 0
+""")
+    (tmp_path / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for script in (fake_mc, tmp_path / "sleep"):
+        script.chmod(0o755)
+    env["PATH"] = f"{tmp_path}:/usr/bin:/bin"
+
+    result = subprocess.run([*container["command"], *container["args"]], env=env, capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines.count("ls store") == 3  # down twice, then up
+    assert lines[0] == f"alias set store {env['S3_ENDPOINT']} test-access test-secret"
+    created = [line.split()[-1] for line in lines if line.startswith("mb ")]
+    assert all(line.startswith("mb --ignore-existing ") for line in lines if line.startswith("mb "))
+    assert created == [f"store/{bucket}" for bucket in env["BUCKETS"].split()]
+    assert "test-secret" not in result.stdout + result.stderr  # credentials are never echoed
