@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from s3_server import s3_endpoint  # noqa: F401  (pytest fixture: a moto S3 server on 127.0.0.1)
 
 os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
 

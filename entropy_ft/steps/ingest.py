@@ -1,18 +1,33 @@
 """Turn image sources into a Dataset artifact (Parquet shards + manifest.json).
 
-``synthetic:N`` generates N brain-MRI-like phantoms (see :mod:`entropy_ft.data.synthetic`).
+SOURCE is a folder, a .zip, a .tar/.tar.gz, an s3://bucket/prefix (files or one archive), or
+``synthetic:N`` (N brain-MRI-like phantoms, see :mod:`entropy_ft.data.synthetic`). Several
+sources merge into one dataset. See docs/ingestion.md for layouts, preprocessing and the
+duplicate policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import storage
-from ..data import synthetic
-from ..data.format import DatasetWriter
+from ..data import dedup, quarantine, synthetic
+from ..data.decode_pool import Decoded, Failed, Spill, decode_all, default_workers
+from ..data.format import SPLITS, DatasetWriter, ImageRecord
+from ..data.layouts import LAYOUTS, Candidate, Layout, parse_class_map, resolve
+from ..data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
+from ..data.sources import Source, open_source
+from ..data.splits import carve
 from ..errors import UserError
 from ..logs import log, progress
+
+DUPLICATE_POLICIES = ("report", "drop", "fail")
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,12 @@ class Config:
     image_size: int = 224
     val_fraction: float = 0.15
     seed: int = 0
+    layout: str = "auto"
+    duplicates: str = "report"
+    class_map: tuple[str, ...] = ()  # FROM=TO entries, as given to --class-map
+    test_fraction: float = 0.15  # only for sources without a test folder
+    workers: int = 0  # 0: every core this process may use
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -30,18 +51,53 @@ class Config:
             raise UserError(f"--image-size {self.image_size}: expected 16 to 1024 pixels")
         if not 0.0 < self.val_fraction < 0.9:
             raise UserError(f"--val-fraction {self.val_fraction}: expected a fraction between 0 and 0.9")
+        if not 0.0 < self.test_fraction < 0.9:
+            raise UserError(f"--test-fraction {self.test_fraction}: expected a fraction between 0 and 0.9")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"--layout {self.layout}: expected one of {', '.join(LAYOUTS)}")
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise UserError(f"--duplicates {self.duplicates}: expected one of {', '.join(DUPLICATE_POLICIES)}")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: expected 0 (every core) or more")
+        if self.max_pixels < 1:
+            raise UserError(f"--max-pixels {self.max_pixels}: expected a positive number of pixels")
+        parse_class_map(self.class_map)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="synthetic:N")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
     p.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how the sources are organised (default: detect)")
     p.add_argument("--image-size", type=int, default=224, help="square side in pixels after preprocessing")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of training images held out for validation")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="share carved as test from sources without a test folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="report",
+                   help="report: warn; drop: remove from val/test what train has and dedupe splits; "
+                        "fail: exit 2 on any cross-split duplicate")
+    p.add_argument("--class-map", action="append", default=[], metavar="FROM=TO[,FROM=TO]",
+                   help="rename class folders (repeatable), after which notumor/no_tumor/no are one class anyway")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: every core)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="images with more pixels are quarantined as decompression bombs")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(tuple(args.sources), args.out, args.image_size, args.val_fraction, args.seed)
+    return Config(tuple(args.sources), args.out, args.image_size, args.val_fraction, args.seed, args.layout,
+                  args.duplicates, tuple(args.class_map), args.test_fraction, args.workers, args.max_pixels)
+
+
+def run(cfg: Config) -> dict:
+    if any(s.startswith("synthetic:") for s in cfg.sources):
+        if len(cfg.sources) != 1:
+            raise UserError(f"{' '.join(cfg.sources)}: synthetic:N cannot be mixed with other sources")
+        return run_synthetic(cfg)
+    return run_sources(cfg)
+
+
+# ---------------------------------------------------------------- synthetic phantoms
 
 
 def parse_synthetic(source: str) -> int:
@@ -55,9 +111,7 @@ def parse_synthetic(source: str) -> int:
     return n
 
 
-def run(cfg: Config) -> dict:
-    if len(cfg.sources) != 1 or not cfg.sources[0].startswith("synthetic:"):
-        raise UserError(f"{' '.join(cfg.sources)}: only synthetic:N sources are supported")
+def run_synthetic(cfg: Config) -> dict:
     n = parse_synthetic(cfg.sources[0])
     preprocessing = {"kind": "synthetic", "image_size": cfg.image_size, "mode": "L"}
     with storage.output_dir(cfg.out) as tmp:
@@ -70,7 +124,211 @@ def run(cfg: Config) -> dict:
     return {"out": cfg.out, "images": n, "totals": manifest["totals"], "classes": manifest["classes"], "quarantined": 0}
 
 
-def synthetic_record(i: int, label: int, pixels, sha: str):
-    from ..data.format import ImageRecord
-
+def synthetic_record(i: int, label: int, pixels, sha: str) -> ImageRecord:
     return ImageRecord(pixels, label, synthetic.CLASSES[label], sha, f"synthetic/{i:06d}")
+
+
+# ---------------------------------------------------------------- real sources
+
+
+@dataclass(frozen=True)
+class Item:
+    """One candidate image: which source, where in it, and what the layout says about it."""
+
+    source: int
+    name: str  # "<source name>/<path>", the row's ``source`` column
+    candidate: Candidate
+
+
+def run_sources(cfg: Config) -> dict:
+    started = time.monotonic()
+    class_map = parse_class_map(cfg.class_map)
+    settings = Settings(cfg.image_size, cfg.max_pixels)
+    with contextlib.ExitStack() as stack:
+        # every source is listed and checked (zip-slip, layout) before anything is read or written
+        sources = [stack.enter_context(open_source(uri)) for uri in cfg.sources]
+        _make_names_unique(sources)
+        layouts = [resolve(s.uri, s.name, s.members, cfg.layout, class_map) for s in sources]
+        for s, lay in zip(sources, layouts):
+            log.info("%s: layout %s, %d files, %d images, %d quarantined, %d ignored",
+                     s.uri, lay.name, sum(not m.is_dir for m in s.members), len(lay.candidates),
+                     len(lay.quarantine), lay.ignored)
+        items = [Item(k, f"{s.name}/{c.path}", c) for k, (s, lay) in enumerate(zip(sources, layouts)) for c in lay.candidates]
+        quarantined = [e for lay in layouts for e in lay.quarantine]
+        workers = cfg.workers or default_workers()
+        with storage.output_dir(cfg.out) as tmp:
+            spill = Spill(tmp / ".spill")
+            try:
+                results = decode_all(_reads(sources, items), len(items), settings, workers, spill)
+                quarantined += [quarantine.Quarantined(items[i].name, r.kind, r.reason)
+                                for i, r in sorted(results.items()) if isinstance(r, Failed)]
+                kept = [i for i in range(len(items)) if isinstance(results[i], Decoded)]
+                _check_class_folders(sources, layouts, items, kept)
+                plan = _plan(cfg, items, kept, results)
+                manifest = _write(tmp, cfg, settings, items, results, plan, spill, sources, layouts, quarantined)
+            finally:
+                spill.close()
+    seconds = time.monotonic() - started
+    summary = {
+        "out": cfg.out,
+        "images": sum(manifest["totals"].values()),
+        "totals": manifest["totals"],
+        "classes": manifest["classes"],
+        "quarantined": len(quarantined),
+        "quarantine": quarantine.counts(quarantined),
+        "ignored": sum(lay.ignored for lay in layouts),
+        "duplicates": manifest["duplicates"]["summary"],
+        "seconds": round(seconds, 2),
+        "files_per_s": round((len(items) + len(quarantined)) / max(seconds, 1e-9), 1),
+    }
+    log.info("wrote %d images to %s in %.1f s (%s)", summary["images"], cfg.out, seconds, manifest["totals"])
+    return summary
+
+
+def _make_names_unique(sources: list[Source]) -> None:
+    seen: Counter = Counter()
+    for s in sources:
+        seen[s.name] += 1
+        if seen[s.name] > 1:
+            s.name = f"{s.name}#{seen[s.name]}"
+
+
+def _reads(sources: list[Source], items: list[Item]):
+    """(item index, bytes or None, read error) for every item, source by source."""
+    for k, source in enumerate(sources):
+        index = {it.candidate.path: i for i, it in enumerate(items) if it.source == k}
+        for r in source.read(list(index)):
+            yield index[r.path], r.data, r.error
+
+
+def _check_class_folders(sources: list[Source], layouts: list[Layout], items: list[Item], kept: list[int]) -> None:
+    """Every class folder must keep at least one image: an empty class is a mistake in the source."""
+    found = Counter((items[i].source, items[i].candidate.class_dir) for i in kept)
+    for k, (s, lay) in enumerate(zip(sources, layouts)):
+        for folder in sorted(lay.class_dirs):
+            if not found[(k, folder)]:
+                raise UserError(f"{s.uri}: class folder {folder!r} has no usable images (empty, or every file quarantined)")
+
+
+@dataclass
+class Plan:
+    """What the second pass writes: the kept items (indices into items) with split, label, and what was removed."""
+
+    kept: list[int]
+    split_of: list[str]  # per kept position
+    classes: list[str]
+    groups: list[dedup.Group]  # member positions index ``kept``
+    removed: dict[int, str]  # kept position -> reason
+    summary: dict
+
+
+def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Plan:
+    """Splits (group-aware), duplicate groups, and the --duplicates policy; nothing is written yet."""
+    class_of = [items[i].candidate.class_name for i in kept]
+    names = [items[i].name for i in kept]
+    pixel_shas = [results[i].pixel_sha256 for i in kept]
+    phashes = np.frombuffer(b"".join(results[i].phash for i in kept), np.uint8).reshape(len(kept), -1)
+    groups, comp = dedup.find_groups(pixel_shas, phashes)
+
+    rng = np.random.default_rng(cfg.seed)
+    split_of = [items[i].candidate.split or "" for i in kept]
+    to_carve = [j for j, s in enumerate(split_of) if not s]
+    test = carve(to_carve, class_of, comp, cfg.test_fraction, rng) if to_carve else set()
+    for j in to_carve:
+        split_of[j] = "test" if j in test else "train"
+    val = carve([j for j, s in enumerate(split_of) if s == "train"], class_of, comp, cfg.val_fraction, rng)
+    for j in val:
+        split_of[j] = "val"
+
+    classes = sorted(set(class_of))
+    in_training = {class_of[j] for j, s in enumerate(split_of) if s in ("train", "val")}
+    if missing := [c for c in classes if c not in in_training]:
+        raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, only test images")
+
+    comps = dedup.component_members(comp)
+    crossing = [m for m in comps if len({split_of[j] for j in m}) > 1]
+    conflicts = [m for m in comps if len({class_of[j] for j in m}) > 1]
+    if cfg.duplicates == "fail" and crossing:
+        a, b = crossing[0][0], next(j for j in crossing[0] if split_of[j] != split_of[crossing[0][0]])
+        raise UserError(
+            f"--duplicates fail: {len(crossing)} groups of duplicate images cross splits, e.g. {names[a]} ({split_of[a]}) "
+            f"and {names[b]} ({split_of[b]}); nothing was written to {cfg.out} (use --duplicates report or drop)"
+        )
+    removed = dedup.drop_plan(comps, split_of, class_of, names) if cfg.duplicates == "drop" else {}
+    exact = [g for g in groups if g.kind == "exact"]
+    near = [g for g in groups if g.kind == "near"]
+    summary = {
+        "exact_groups": len(exact),
+        "exact_extra_copies": sum(len(g.members) - 1 for g in exact),
+        "near_groups": len(near),
+        "cross_split_exact_groups": sum(len({split_of[j] for j in g.members}) > 1 for g in exact),
+        "cross_split_near_groups": sum(len({split_of[j] for j in g.members}) > 1 for g in near),
+        "label_conflict_groups": len(conflicts),
+        "removed": len(removed),
+    }
+    _warn(cfg, summary, len(crossing))
+    return Plan(kept, split_of, classes, groups, removed, summary)
+
+
+def _warn(cfg: Config, summary: dict, crossing: int) -> None:
+    if summary["exact_groups"] or summary["near_groups"]:
+        log.warning(
+            "duplicates: %d exact groups (%d extra copies), %d near-duplicate groups; %d duplicate sets cross splits%s",
+            summary["exact_groups"], summary["exact_extra_copies"], summary["near_groups"], crossing,
+            f"; removed {summary['removed']} images" if cfg.duplicates == "drop"
+            else " (leakage into val/test: --duplicates drop removes it)" if crossing else "",
+        )
+    if summary["label_conflict_groups"]:
+        log.warning("label conflicts: %d groups of the same image under different labels (manifest.json duplicates)",
+                    summary["label_conflict_groups"])
+
+
+def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dict, plan: Plan, spill: Spill,
+           sources: list[Source], layouts: list[Layout], quarantined: list[quarantine.Quarantined]) -> dict:
+    """Second pass: the kept rows in sorted order, split by split, then the manifest."""
+    label = {c: k for k, c in enumerate(plan.classes)}
+    writer = DatasetWriter(tmp, plan.classes, cfg.image_size, describe(settings, dedup.NEAR_MAX_DISTANCE))
+    written = Counter()
+    bar_total = len(plan.kept) - len(plan.removed)
+    rows = ((split, j) for split in SPLITS for j in range(len(plan.kept)) if plan.split_of[j] == split and j not in plan.removed)
+    for split, j in progress(rows, desc="write shards", total=bar_total, unit="img"):
+        it, d = items[plan.kept[j]], results[plan.kept[j]]
+        cls = it.candidate.class_name
+        writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name))
+        written[it.source] += 1
+
+    def member(j: int) -> dict:
+        it = items[plan.kept[j]]
+        return {"source": it.name, "split": plan.split_of[j], "class_name": it.candidate.class_name}
+
+    duplicates = {
+        "policy": cfg.duplicates,
+        "near_max_hamming_distance": dedup.NEAR_MAX_DISTANCE,
+        "summary": plan.summary,
+        "groups": [
+            {
+                "kind": g.kind,
+                "cross_split": len({plan.split_of[j] for j in g.members}) > 1,
+                "label_conflict": len({items[plan.kept[j]].candidate.class_name for j in g.members}) > 1,
+                **({"pixel_sha256": results[plan.kept[g.members[0]]].pixel_sha256} if g.kind == "exact" else {}),
+                "members": [member(j) for j in g.members],
+            }
+            for g in plan.groups
+        ],
+        "removed": [{**member(j), "reason": reason} for j, reason in sorted(plan.removed.items())],
+    }
+    carved_test = sorted({sources[items[i].source].name for i in plan.kept if items[i].candidate.split is None})
+    return writer.close(
+        sources=[
+            {"uri": s.uri, "name": s.name, "layout": lay.name, "files": sum(not m.is_dir for m in s.members),
+             "images": written[k], "quarantined": len(lay.quarantine) + sum(
+                 1 for i, r in results.items() if items[i].source == k and isinstance(r, Failed)),
+             "ignored": lay.ignored, "class_aliases": dict(sorted(lay.aliases.items()))}
+            for k, (s, lay) in enumerate(zip(sources, layouts))
+        ],
+        splits={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
+                "method": "stratified by class, seeded; duplicate groups are never split across train/val/test by carving"},
+        duplicates=duplicates,
+        quarantine=[e.to_json() for e in sorted(quarantined)],
+    )
