@@ -17,6 +17,7 @@ from .logs import log, setup_logging
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("entropy_ft.steps.ingest", "turn image sources into a Dataset artifact (Parquet shards + manifest)"),
+    "register": ("entropy_ft.steps.register", "register a model in MLflow; alias champion only if it beats the current one"),
 }
 
 

@@ -1,0 +1,274 @@
+"""MLflow against real servers: ``mlflow server`` with SQLite and S3 artifacts on moto.
+
+The steps log in sequence to one run, ``register`` creates versions behind the gate, the
+champion serves real Kaggle JPEGs, and faults (server down, a registration that fails half
+way) move no alias and leak no credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from mlflow_server import mlflow_server  # noqa: F401  (pytest fixture)
+
+from entropy_ft import cli, registry, tracking
+from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from entropy_ft.data.synthetic import CLASSES
+from entropy_ft.model_dir import save_model_dir
+from entropy_ft.models import build_model
+
+MARKER = "Zq7-marker-not-a-real-secret-91x"  # credentials set to this must appear nowhere
+MODEL = "test-brain-mri"
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A SqueezeNet 1.1 (random init, 4 classes; 5 MB of weights, so uploads stay quick) Model dir, as `entropy-ft finetune` writes it."""
+    out = tmp_path_factory.mktemp("model") / "model"
+    model, info = build_model("squeezenet1_1", len(CLASSES), "none")
+    selection = {"strategy": "entropy", "rule": "below-mean", "seed": 0, "layers": ["features.0", "features.3.squeeze"],
+                 "trainable_params": 3_000, "full_params": 724_548, "reduction_vs_full": 0.996}
+    meta = {
+        "arch": "squeezenet1_1", "classes": CLASSES, "weights": info.source, "weights_sha256": info.sha256,
+        "preprocessing": {"image_size": IMAGE_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                          "channels": 3, "mode": "L"},
+        "selection": selection, "training": {"config": {"epochs": 3, "lr": 0.001, "batch_size": 8}},
+        "data_manifest_sha256": "d" * 64,
+    }
+    save_model_dir(out, model, meta)
+    return out
+
+
+def write_eval(path: Path, macro_f1: float) -> str:
+    """An eval.json whose figures the gate compares (macro-F1 at sigma 0 is the default metric)."""
+    rows = [{"sigma": s, "accuracy": macro_f1 - s, "macro_f1": macro_f1 - s, "balanced_accuracy": macro_f1 - s,
+             "per_class_recall": {c: macro_f1 for c in CLASSES}, "confusion_matrix": np.eye(4, dtype=int).tolist()}
+            for s in (0.0, 0.1, 0.2)]
+    doc = {"schema_version": 1, "arch": "squeezenet1_1", "classes": CLASSES, "split": "test", "noise": rows, **rows[0]}
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.fixture
+def server_env(mlflow_server, monkeypatch):  # noqa: F811
+    """This process talks to the test server, with credentials set to the marker everywhere."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "entropy-ft-tests")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tester")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MARKER)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", MARKER)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    return mlflow_server
+
+
+def bucket_objects(server) -> dict[str, bytes]:
+    s3 = boto3.client("s3", endpoint_url=server.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # not the marker this process has
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=server.bucket)
+            for o in page.get("Contents", [])]
+    return {k: s3.get_object(Bucket=server.bucket, Key=k)["Body"].read() for k in keys}
+
+
+def register(capfd, model_dir: Path, eval_uri: str, *extra: str) -> tuple[int, dict | None, str]:
+    """`entropy-ft register` through the CLI: exit code, JSON summary, stderr."""
+    code = cli.main(["register", str(model_dir), "--eval", eval_uri, "--model-name", MODEL, *extra])
+    out, err = capfd.readouterr()
+    lines = out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 else None), err
+
+
+def aliases(client) -> dict[str, str]:
+    return dict(client.get_registered_model(MODEL).aliases)
+
+
+def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
+    client = tracking.connect()
+    run_id = tracking.ensure_run(None, "pipeline-test", tracking.pipeline_tags("kfp-run-1", "nightly-1", "training"))
+    assert tracking.ensure_run(run_id) == run_id  # the next step reattaches
+    profile = {"arch": "squeezenet1_1", "weights": "none", "weights_sha256": None, "classes": CLASSES, "num_classes": 4,
+               "dataset_manifest_sha256": "d" * 64, "image_size": IMAGE_SIZE, "estimator": "histogram",
+               "bins": 64, "tap": "conv", "num_images": 16, "layers": []}
+    from PIL import Image
+
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "profile.png")  # plots sit beside their JSON
+    eval_uri = write_eval(tmp_path / "eval.json", 0.70)
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "eval.png")
+    with tracking.active_run(run_id):  # what the finetune component does around training
+        on_epoch_end = tracking.epoch_logger(run_id)
+        for epoch in (1, 2, 3):
+            on_epoch_end(epoch, {"epoch": epoch, "train_loss": 1.0 / epoch, "val_accuracy": 0.3 + 0.1 * epoch})
+        time.sleep(1.5)  # let the system-metrics sampler (0.5 s here) publish
+    code, summary, err = register(capfd, model_dir, eval_uri, "--run-id", run_id, "--profile", str(tmp_path / "profile.json"))
+    assert code == 0, err
+    assert summary["promoted"] and summary["champion"] == summary["version"] and summary["run_id"] == run_id
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["kfp.run_id"] == "kfp-run-1" and run.data.tags["kfp.pipeline_name"] == "training"
+    params = run.data.params
+    assert params["arch"] == "squeezenet1_1" and params["profile.estimator"] == "histogram"
+    assert params["selection.strategy"] == "entropy" and params["train.lr"] == "0.001"
+    assert json.loads(params["classes"]) == CLASSES
+    history = client.get_metric_history(run_id, "val_accuracy")
+    assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.4), (2, 0.5), (3, 0.6)]
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(0.70)
+    assert run.data.metrics["test_macro_f1_sigma_0.2"] == pytest.approx(0.50)
+    assert len(client.get_metric_history(run_id, "test_macro_f1_vs_sigma_pct")) == 3
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+
+    version = client.get_model_version(MODEL, summary["version"])
+    assert version.status == "READY" and version.run_id == run_id
+    assert version.tags["entropy_ft.gate.promoted"] == "true"
+    assert float(version.tags[registry.GateMetric("macro_f1").tag]) == pytest.approx(0.70)
+    assert aliases(client) == {"champion": summary["version"], "challenger": summary["version"]}
+
+    objects = bucket_objects(server_env)
+    names = {k.rsplit("/", 1)[-1] for k in objects if run_id in k}
+    assert {"profile.json", "eval.json", "selection.json", "profile.png", "eval.png"} <= names
+    assert any(k.endswith("weights.safetensors") for k in objects), "the model's weights are not in the bucket"
+
+    # no credential anywhere: params, tags, metrics names, every artifact in the bucket, stderr
+    logged = json.dumps([params, run.data.tags, list(run.data.metrics), version.tags, summary]) + err
+    assert MARKER not in logged
+    leaked = [k for k, body in objects.items() if MARKER.encode() in body]
+    assert not leaked, leaked
+
+
+def test_gate_keeps_champion_against_worse_and_tie_and_moves_for_better(server_env, model_dir, tmp_path, capfd):
+    client = tracking.connect()
+    code, first, err = register(capfd, model_dir, write_eval(tmp_path / "e1.json", 0.80))
+    assert code == 0, err
+    champion = aliases(client)["champion"]
+    champion_f1 = float(client.get_model_version(MODEL, champion).tags[registry.GateMetric("macro_f1").tag])
+
+    for name, f1 in (("worse", champion_f1 - 0.2), ("tie", champion_f1)):
+        code, summary, err = register(capfd, model_dir, write_eval(tmp_path / f"{name}.json", f1))
+        assert code == 0, err
+        assert not summary["promoted"], (name, summary)
+        assert aliases(client) == {"champion": champion, "challenger": summary["version"]}
+        assert client.get_model_version(MODEL, summary["version"]).tags["entropy_ft.gate.promoted"] == "false"
+
+    code, better, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", champion_f1 + 0.05))
+    assert code == 0, err
+    assert better["promoted"] and better["champion_before"] == champion
+    assert aliases(client) == {"champion": better["version"], "challenger": better["version"]}
+
+    code, forced, err = register(capfd, model_dir, write_eval(tmp_path / "forced.json", 0.1), "--promote", "always")
+    assert code == 0 and forced["promoted"], err
+    code, kept, err = register(capfd, model_dir, write_eval(tmp_path / "never.json", 0.99), "--promote", "never")
+    assert code == 0 and not kept["promoted"], err
+    assert aliases(client) == {"champion": forced["version"], "challenger": kept["version"]}
+
+
+def kaggle_jpegs(kaggle_zip: Path, n_per_class: int = 2) -> tuple[list[bytes], list[str]]:
+    images, labels = [], []
+    with zipfile.ZipFile(kaggle_zip) as zf:
+        names = sorted(zf.namelist())
+        for cls in CLASSES:
+            picked = [n for n in names if n.startswith(f"Testing/{cls}/") and n.lower().endswith(".jpg")][:n_per_class]
+            images += [zf.read(n) for n in picked]
+            labels += [cls] * len(picked)
+    return images, labels
+
+
+def test_champion_serves_kaggle_jpegs(server_env, model_dir, tmp_path, capfd, kaggle_zip):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.9), "--promote", "always")
+    assert code == 0, err
+    images, _ = kaggle_jpegs(kaggle_zip)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    out = model.predict(pd.DataFrame({"image": images}))
+    assert list(out.columns) == ["predicted_class", *CLASSES]
+    assert len(out) == len(images) == 8
+    probs = out[CLASSES].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0) and (probs >= 0).all()
+    assert set(out["predicted_class"]) <= set(CLASSES)
+    assert (out["predicted_class"] == np.array(CLASSES)[probs.argmax(axis=1)]).all()
+
+    # `mlflow models serve` takes the same column over REST, base64-encoded
+    served = serve_and_predict(f"models:/{MODEL}@champion", images[:3], tmp_path)
+    assert list(served.columns) == ["predicted_class", *CLASSES]
+    assert np.allclose(served[CLASSES].to_numpy(), probs[:3], atol=1e-6)
+
+
+def serve_and_predict(model_uri: str, images: list[bytes], tmp_path: Path):
+    import pandas as pd
+    from mlflow_server import free_port, stop, wait_healthy
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri,
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # it execs uvicorn
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_healthy(url, proc, log, 90)
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in images]}}
+        request = urllib.request.Request(f"{url}/invocations", json.dumps(payload).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return pd.DataFrame(json.loads(resp.read())["predictions"])
+    finally:
+        stop(proc)
+
+
+def test_server_down_fails_fast_and_moves_no_alias(server_env, model_dir, tmp_path, capfd, monkeypatch):
+    from mlflow_server import free_port
+
+    client = tracking.connect()
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5))
+    assert code == 0, err
+    before = aliases(client)
+
+    down = f"http://tester:{MARKER}@127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    started = time.monotonic()
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    elapsed = time.monotonic() - started
+    assert code == 2
+    assert "http://***@127.0.0.1:" in err and MARKER not in err
+    assert 1.0 < elapsed < 40, elapsed  # retried with backoff, within the budget
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_env.url)
+    assert aliases(tracking.connect()) == before
+
+
+def test_registration_failing_half_way_moves_no_alias(server_env, model_dir, tmp_path, capfd, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.connect()
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5))
+    assert code == 0, err
+    before = aliases(client)
+    versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
+
+    real = mlflow.register_model
+
+    def register_then_fail(*args, **kwargs):
+        real(*args, **kwargs)  # the version exists, then the connection drops
+        raise MlflowException("connection reset by peer")
+
+    monkeypatch.setattr(mlflow, "register_model", register_then_fail)
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    assert code == 2 and "connection reset" in err
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before + 1
+    assert aliases(client) == before
+    failed = client.search_runs([tracking.experiment_id()], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert failed.info.status == "FAILED"
