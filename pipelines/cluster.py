@@ -30,18 +30,12 @@ class ClusterOptions:
     tolerations: list[dict] = field(default_factory=list)  # {key, operator, value, effect}
     s3_secret: str = "entropy-ft-s3"
     mlflow_secret: str = "entropy-ft-mlflow"
-    s3_endpoint: str = "http://minio.entropy-ft.svc.cluster.local:9000"
-    mlflow_uri: str = "http://mlflow.entropy-ft.svc.cluster.local:5000"
+    settings_configmap: str = "entropy-ft-settings"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL (manifests/base/settings.yaml)
     retries: int = 3
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
             raise UserError(f"--gpus {self.gpus}: must be 0 or more")
-        for key in ("https://", "http://"):
-            for name in ("s3_endpoint", "mlflow_uri"):
-                value = getattr(self, name)
-                if value.startswith(key) and "@" in value.split("/", 3)[2]:
-                    raise UserError(f"--{name.replace('_', '-')}: put credentials in the Kubernetes Secret, not in the URL")
 
     def step_image(self, gpu: bool = False) -> str:
         from entropy_ft.images import default_image
@@ -52,11 +46,12 @@ class ClusterOptions:
 
 
 def talks_to_storage(task, opts: ClusterOptions) -> None:
-    """S3 credentials from a Secret, the endpoint as plain env, retries with backoff for transient faults."""
+    """S3 credentials from a Secret, the endpoint from the settings ConfigMap, retries with backoff for transient faults."""
     from kfp import kubernetes
 
     kubernetes.use_secret_as_env(task, secret_name=opts.s3_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True)
-    task.set_env_variable("AWS_ENDPOINT_URL", opts.s3_endpoint)
+    kubernetes.use_config_map_as_env(task, config_map_name=opts.settings_configmap,
+                                     config_map_key_to_env={"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
     task.set_env_variable("ENTROPY_FT_NO_PROGRESS", "1")  # pod logs are not a terminal
     task.set_retry(num_retries=opts.retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
 
@@ -66,8 +61,9 @@ def talks_to_mlflow(task, opts: ClusterOptions) -> None:
 
     talks_to_storage(task, opts)
     kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True)
-    task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
-    task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", opts.s3_endpoint)
+    kubernetes.use_config_map_as_env(task, config_map_name=opts.settings_configmap,
+                                     config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+                                                            "MLFLOW_S3_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
 
 
 def trains(task, opts: ClusterOptions) -> None:

@@ -1,0 +1,31 @@
+"""What the components share: turning a step's outputs into KFP UI artifacts.
+
+Imported inside component bodies (``from entropy_ft.components import kfp_io``), so it
+must not import kfp at module level.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+
+def sources(data: str) -> tuple[str, ...]:
+    """The ``data`` pipeline parameter: one or more sources separated by commas."""
+    return tuple(s.strip() for s in data.split(",") if s.strip())
+
+
+def publish_html(out_dir: str, name: str, html_path: str) -> None:
+    """Copy ``<out_dir>/<name>.html`` (a self-contained page) to a KFP HTML artifact."""
+    shutil.copyfile(Path(out_dir, f"{name}.html"), html_path)
+
+
+def log_numbers(metrics, values: dict, prefix: str = "") -> None:
+    """Log every finite number in ``values`` (nested dicts flattened with '_') as KFP metrics."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            log_numbers(metrics, value, prefix=f"{name}_")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(name, float(value))
