@@ -92,6 +92,7 @@ class _LayerReader:
         self.lo: torch.Tensor | None = None  # broadcastable to the activations: (1,1,1,1) or (1,C,1,1)
         self.hi: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None  # bins per unit of activation, fixed after pass 1
+        self.shift: torch.Tensor | None = None  # -lo * scale: bin position = x * scale + shift
         self.offset: torch.Tensor | None = None  # first bin index of each group in the flat count vector
         self.counting = False
         self.batch_entropy: list[torch.Tensor] = []
@@ -120,15 +121,25 @@ class _LayerReader:
         # a constant group gets a unit-wide range: everything lands in bin 0 and H = 0
         width = torch.where(self.hi > self.lo, self.hi - self.lo, torch.ones_like(self.hi))
         self.scale = self.bins / width
+        self.shift = -self.lo * self.scale
         groups = self.lo.numel()
         self.offset = (torch.arange(groups, device=self.lo.device, dtype=torch.int32) * self.bins).view(self.lo.shape)
         self.counting = True
         return finite
 
     def _counts(self, x: torch.Tensor) -> torch.Tensor:
-        """(groups, bins) integer counts of this batch: one group, or one per channel."""
-        idx = (x - self.lo).mul_(self.scale).floor_().clamp_(0, self.bins - 1).to(torch.int32)
-        idx += self.offset
+        """(groups, bins) integer counts of this batch: one group, or one per channel.
+
+        Bin index = floor((x - lo) * scale), clamped to the last bin for x == hi (truncation
+        after clamping to [0, bins - 1] is the floor). The tensors are viewed in memory
+        order first (channels_last is NHWC in memory), so flattening for ``bincount`` is
+        free instead of a copy of the whole activation.
+        """
+        order = sorted(range(x.ndim), key=lambda d: -x.stride(d))
+        x, shift, scale, offset = (t.permute(order) for t in (x, self.shift, self.scale, self.offset))
+        idx = torch.addcmul(shift, x, scale).clamp_(0, self.bins - 1).to(torch.int32)
+        if self.per_channel:
+            idx += offset
         groups = self.lo.numel()
         return torch.bincount(idx.reshape(-1), minlength=groups * self.bins).view(groups, self.bins)
 

@@ -1,0 +1,122 @@
+"""`entropy-ft profile` and `entropy-ft select`: artifacts, bad input, the console script end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from entropy_ft.cli import main
+from entropy_ft.models import build_model, conv_layers
+from entropy_ft.steps import profile, select
+
+
+@pytest.fixture(scope="module")
+def profiled(synthetic_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("profile") / "profile"
+    profile.run(profile.Config(str(synthetic_dataset), "resnet18", "none", str(out), images=32, batch_size=16))
+    return out
+
+
+def test_profile_json_describes_every_conv_in_forward_order(profiled, synthetic_dataset):
+    data = json.loads((profiled / "profile.json").read_text())
+    model, _ = build_model("resnet18", 4, "none")
+    assert [row["name"] for row in data["layers"]] == conv_layers(model, "resnet18")
+    assert data["layers"][0]["params"] == 64 * 3 * 7 * 7 + 2 * 64
+    assert (data["num_images"], data["image_size"], data["tap"], data["estimator"]) == (32, 32, "conv", "histogram")
+    assert data["classes"] == json.loads((synthetic_dataset / "manifest.json").read_text())["classes"]
+    assert all(0 < row["normalized_entropy"] <= 1 for row in data["layers"])
+    assert all(row["entropy_std"] > 0 for row in data["layers"])  # 2 batches of different images
+    assert "<svg" in (profiled / "profile.html").read_text()
+    assert (profiled / "profile.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profiling_a_dataset_twice_gives_the_same_profile(profiled, synthetic_dataset, tmp_path):
+    again = tmp_path / "again"
+    profile.run(profile.Config(str(synthetic_dataset), "resnet18", "none", str(again), images=32, batch_size=16))
+    first = json.loads((profiled / "profile.json").read_text())
+    second = json.loads((again / "profile.json").read_text())
+    assert first["layers"] == second["layers"]
+
+
+def test_stratified_subset_keeps_the_class_mix_and_follows_the_seed():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    picked = profile.stratified_indices(labels, 20, seed=0)
+    assert Counter(labels[picked].tolist()) == {0: 12, 1: 6, 2: 2}
+    assert np.array_equal(picked, profile.stratified_indices(labels, 20, seed=0))
+    assert not np.array_equal(picked, profile.stratified_indices(labels, 20, seed=1))
+    assert len(profile.stratified_indices(labels, 7, seed=0)) == 7
+    assert np.array_equal(profile.stratified_indices(labels, 500, seed=0), np.arange(100))
+
+
+def test_random_without_a_budget_matches_the_entropy_selection(profiled, tmp_path):
+    select.run(select.Config(str(profiled), "entropy", str(tmp_path / "entropy"), rule="quantile:0.5"))
+    select.run(select.Config(str(profiled / "profile.json"), "random", str(tmp_path / "random"), rule="quantile:0.5", seed=4))
+    select.run(select.Config(str(profiled), "random", str(tmp_path / "from"), seed=4, budget_from=str(tmp_path / "entropy")))
+    chosen = json.loads((tmp_path / "entropy" / "selection.json").read_text())
+    rand = json.loads((tmp_path / "random" / "selection.json").read_text())
+    costs = {row["name"]: row["params"] for row in json.loads((profiled / "profile.json").read_text())["layers"]}
+    assert rand["budget_params"] == chosen["trainable_params"]
+    assert rand["layers"] != chosen["layers"]
+    gap = chosen["trainable_params"] - rand["trainable_params"]
+    assert 0 <= gap < min(costs[n] for n in costs if n not in rand["layers"])
+    assert json.loads((tmp_path / "from" / "selection.json").read_text())["layers"] == rand["layers"]
+    assert rand["profile_sha256"] == chosen["profile_sha256"]
+    html = (tmp_path / "random" / "selection.html").read_text()
+    assert html.count(">yes</td>") == len(rand["layers"])
+
+
+def test_head_selection_trains_only_the_head(profiled, tmp_path):
+    summary = select.run(select.Config(str(profiled), "head", str(tmp_path / "head")))
+    data = json.loads((tmp_path / "head" / "selection.json").read_text())
+    assert data["layers"] == [] and data["trainable_modules"] == ["fc"] and data["rule"] is None
+    assert summary["trainable_params"] == 2_052 and summary["full_params"] == 11_178_564
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["profile", "{data}", "--arch", "resnet99", "--weights", "none", "--out", "{tmp}/p"], "unknown architecture 'resnet99'"),
+        (["profile", "{tmp}/missing", "--arch", "resnet18", "--weights", "none", "--out", "{tmp}/p"], "missing: no such file"),
+        (["profile", "{data}", "--arch", "resnet18", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/p"], "--weights"),
+        (["profile", "{data}", "--arch", "resnet18", "--weights", "none", "--bins", "1", "--out", "{tmp}/p"], "--bins 1"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "quantile:1.5", "--out", "{tmp}/s"], "'quantile:1.5': Q must be between 0 and 1"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "budget:x", "--out", "{tmp}/s"], "'budget:x': F must be a number"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "foo", "--out", "{tmp}/s"], "'foo': unknown rule"),
+        (["select", "{profile}", "--strategy", "full", "--rule", "below-mean", "--out", "{tmp}/s"], "applies only to --strategy entropy or random"),
+        (["select", "{tmp}", "--strategy", "entropy", "--out", "{tmp}/s"], "profile.json: no such file"),
+    ],
+)
+def test_bad_input_exits_2_with_its_message(argv, message, synthetic_dataset, profiled, tmp_path, capsys):
+    args = [a.format(data=synthetic_dataset, profile=profiled, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_console_script_profiles_and_selects_end_to_end(synthetic_dataset, tmp_path):
+    script = Path(sys.executable).with_name("entropy-ft")
+    runs = [
+        ["profile", str(synthetic_dataset), "--arch", "resnet18", "--weights", "none", "--images", "16",
+         "--tap", "relu", "--estimator", "channel", "--out", str(tmp_path / "prof")],
+        ["select", str(tmp_path / "prof"), "--strategy", "entropy", "--rule", "budget:0.3", "--out", str(tmp_path / "sel")],
+    ]
+    summaries = []
+    for args in runs:
+        proc = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        summaries.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert summaries[0]["profile"] == str(tmp_path / "prof" / "profile.json")
+    assert (summaries[0]["tap"], summaries[0]["estimator"], summaries[0]["num_images"]) == ("relu", "channel", 16)
+    sel = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert summaries[1]["trainable_params"] == sel["trainable_params"]
+    assert sel["rule"] == "budget:0.3" and sel["tap"] == "relu"
+    assert sel["trainable_params"] - 2_052 <= 0.3 * (11_178_564 - 2_052)
+    assert "selected" in proc.stderr and "layer4.1.conv2" in proc.stderr  # the layer table
