@@ -19,7 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("entropy_ft.steps.ingest", "turn image sources into a Dataset artifact (Parquet shards + manifest)"),
     "profile": ("entropy_ft.steps.profile", "activation entropy of every backbone conv layer (profile.json + chart)"),
     "select": ("entropy_ft.steps.select", "choose the conv layers to unfreeze from a profile (selection.json)"),
+    "finetune": ("entropy_ft.steps.finetune", "fine-tune the selected layers on a Dataset (Model dir: weights + model.json)"),
+    "evaluate": ("entropy_ft.steps.evaluate", "test metrics under Gaussian pixel noise (eval.json + plot)"),
     "register": ("entropy_ft.steps.register", "register a model in MLflow; alias champion only if it beats the current one"),
+    "compare": ("entropy_ft.steps.compare", "strategies side by side: accuracy, parameters, robustness (comparison table)"),
+    "run": ("entropy_ft.steps.run", "run the training (or ablation) pipeline locally through kfp.local: the main job"),
+    "compile": ("entropy_ft.steps.compile", "write the compiled pipeline YAML with cluster settings"),
+    "submit": ("entropy_ft.steps.submit", "upload the pipeline to a KFP endpoint and start a run"),
+    "schedule": ("entropy_ft.steps.schedule", "create a recurring (cron) run on a KFP endpoint"),
 }
 
 
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    print(json.dumps(summary, sort_keys=True, default=str))
+    # write, not print: kfp.local's indented_print can leave builtins.print patched after a ParallelFor
+    sys.stdout.write(json.dumps(summary, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
     return 0
 
 
