@@ -266,6 +266,9 @@ def test_bad_sources_exit_2_naming_the_path(tmp_path, capsys):
     err = cli_error(capsys, str(broken_class), "--out", out)
     assert f"{broken_class}: class folder 'yes' has no usable images" in err
 
+    docs = make_zip(tmp_path / "with-docs.zip", {**imagefolder(3), "docs/readme.txt": b"how we exported"})
+    assert f"{docs}: class folder 'docs' has no usable images" in cli_error(capsys, str(docs), "--out", out)
+
     flat = write_tree(tmp_path / "flat", {f"img{i}.png": phantom_file(i, "glioma") for i in range(4)})
     assert f"{flat}: no recognisable layout" in cli_error(capsys, str(flat), "--out", out)
 

@@ -2,7 +2,7 @@
 
 The main process reads file bytes from the sources and hands them in small batches to a
 process pool; at most ``2 x workers`` batches are in flight, so memory does not grow with the
-dataset. Finished pixels are compressed (zstd) in the worker and appended to a spill file; only
+dataset. Finished pixels are compressed (LZ4) in the worker and appended to a spill file; only
 hashes and offsets stay in memory. The second pass reads the spill back in the final sorted
 order, which is what makes the shards byte-identical whatever order the pool finished in.
 (Splits, duplicate groups and ``--duplicates drop`` need every hash before the first row is
@@ -11,8 +11,11 @@ written, so one pass cannot both decide and write.)
 
 from __future__ import annotations
 
+import contextlib
+import math
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -23,10 +26,11 @@ import pyarrow as pa
 
 from ..logs import progress_bar
 from .preprocess import BadImage, Settings, process
+from .quarantine import UNREADABLE
 
 BATCH_IMAGES = 32
 BATCH_BYTES = 16 << 20
-SPILL_CODEC = "zstd"
+SPILL_CODEC = "lz4"  # fastest to write and read back; the spill is temporary
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,29 @@ class Spill:
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: CPU affinity, capped by a cgroup CPU quota (a Kubernetes
+    CPU limit), so that a pod limited to 2 CPUs on a 64-core node does not start 64 decoders."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def _cgroup_cpu_quota() -> int | None:
+    v2 = _read("/sys/fs/cgroup/cpu.max")  # cgroup v2: "max 100000" (no limit) or "200000 100000" (2 CPUs)
+    if v2:
+        quota, period = (v2.split() + [""])[:2]
+    else:  # cgroup v1: a quota of -1 means no limit
+        quota, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if not quota or not period or quota in ("max", "-1"):
+        return None
+    return math.ceil(int(quota) / int(period))
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, ValueError):
+        return None
 
 
 def work(batch: list[tuple[int, bytes | None, str | None]], settings: Settings) -> list[tuple[int, tuple]]:
@@ -79,7 +105,7 @@ def work(batch: list[tuple[int, bytes | None, str | None]], settings: Settings) 
     out: list[tuple[int, tuple]] = []
     for index, data, read_error in batch:
         if data is None:
-            out.append((index, ("bad", "unreadable", read_error or "cannot read")))
+            out.append((index, ("bad", UNREADABLE, read_error or "cannot read")))
             continue
         try:
             p = process(data, settings)
@@ -109,34 +135,45 @@ def decode_all(
 ) -> dict[int, Decoded | Failed]:
     """Run :func:`work` over every read, on ``workers`` processes (1: in this process), spilling pixels."""
     results: dict[int, Decoded | Failed] = {}
-    bar = progress_bar("decode + hash", total=total, unit="img")
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(_start_pool(workers)) if workers > 1 else None
+        bar = stack.enter_context(contextlib.closing(progress_bar("decode + hash", total=total, unit="img")))
 
-    def collect(done: list[tuple[int, tuple]]) -> None:
-        for index, r in done:
-            if r[0] == "ok":
-                _, shape, blob, file_sha, pixel_sha, phash = r
-                results[index] = Decoded(tuple(shape), spill.append(blob), len(blob), file_sha, pixel_sha, phash)
-            else:
-                results[index] = Failed(r[1], r[2])
-        bar.update(len(done))
+        def collect(done: list[tuple[int, tuple]]) -> None:
+            for index, r in done:
+                if r[0] == "ok":
+                    _, shape, blob, file_sha, pixel_sha, phash = r
+                    results[index] = Decoded(tuple(shape), spill.append(blob), len(blob), file_sha, pixel_sha, phash)
+                else:
+                    results[index] = Failed(r[1], r[2])
+            bar.update(len(done))
 
-    try:
-        if workers <= 1:
+        if pool is None:
             for batch in _batches(reads):
                 collect(work(batch, settings))
             return results
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["entropy_ft.data.decode_pool"])
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            pending: set[Future] = set()
-            for batch in _batches(reads):
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        collect(f.result())
-                pending.add(pool.submit(work, batch, settings))
-            for f in pending:
-                collect(f.result())
+        pending: set[Future] = set()
+        for batch in _batches(reads):
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    collect(f.result())
+            pending.add(pool.submit(work, batch, settings))
+        for f in pending:
+            collect(f.result())
         return results
-    finally:
-        bar.close()
+
+
+@contextlib.contextmanager
+def _start_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers all exist before this process starts any thread of its own.
+
+    On Linux the workers are forked: no re-import of ``__main__`` (which spawn and forkserver
+    do, breaking scripts and notebooks without a main guard) and no start-up cost. Forking is
+    only unsafe once other threads hold locks, so the pool is started, and every worker
+    created, before the S3 reader threads or the progress bar's monitor thread exist.
+    """
+    method = "fork" if sys.platform == "linux" else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        list(pool.map(int, range(workers)))  # creates every worker now
+        yield pool

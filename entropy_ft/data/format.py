@@ -92,6 +92,11 @@ class DatasetWriter:
         if state.bytes >= self.shard_max_bytes:
             self._flush(split)
 
+    def flush(self, split: str) -> None:
+        """Write out the rows ``split`` holds now; a caller that adds split by split calls it when a
+        split is done, so memory holds one partial shard instead of one per split."""
+        self._flush(split)
+
     def _flush(self, split: str) -> None:
         state = self._splits[split]
         if not state.rows:

@@ -223,11 +223,12 @@ def resolve(uri: str, name: str, members: list[Member], layout: str, class_map: 
     if chosen == "brisc2025" and not any(BRISC_TASK in (c.lower() for c in p.split("/")) for p in images):
         raise UserError(f"{uri}: --layout brisc2025 expects classification_task/{{train,test}}/<class>/ folders; none found")
     mapper = _Mapper(uri, name, chosen, images, class_map)
-    for m in members:
-        if m.is_dir:
-            mapper.add_dir(m.path)
-        else:
-            mapper.add_file(m)
+    folders = {m.path for m in members if m.is_dir}
+    folders |= {"/".join(m.path.split("/")[:k]) for m in files for k in range(1, m.path.count("/") + 1)}
+    for folder in sorted(folders):  # archives need not list folders; a class folder may hold no image at all
+        mapper.add_dir(folder)
+    for m in files:
+        mapper.add_file(m)
     result = mapper.result
     if not result.candidates:
         raise UserError(

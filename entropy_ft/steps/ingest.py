@@ -25,9 +25,11 @@ from ..data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
 from ..data.sources import Source, open_source
 from ..data.splits import carve
 from ..errors import UserError
-from ..logs import log, progress
+from ..logs import log, progress, progress_bar
 
 DUPLICATE_POLICIES = ("report", "drop", "fail")
+# raw pixels per shard: writing a shard holds about 4 copies of it, so this bounds ingest memory to ~300 MB
+SHARD_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def run_sources(cfg: Config) -> dict:
             finally:
                 spill.close()
     seconds = time.monotonic() - started
+    files = sum(not m.is_dir for s in sources for m in s.members)
     summary = {
         "out": cfg.out,
         "images": sum(manifest["totals"].values()),
@@ -179,7 +182,8 @@ def run_sources(cfg: Config) -> dict:
         "ignored": sum(lay.ignored for lay in layouts),
         "duplicates": manifest["duplicates"]["summary"],
         "seconds": round(seconds, 2),
-        "files_per_s": round((len(items) + len(quarantined)) / max(seconds, 1e-9), 1),
+        "files": files,
+        "files_per_s": round(files / max(seconds, 1e-9), 1),
     }
     log.info("wrote %d images to %s in %.1f s (%s)", summary["images"], cfg.out, seconds, manifest["totals"])
     return summary
@@ -287,15 +291,20 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
            sources: list[Source], layouts: list[Layout], quarantined: list[quarantine.Quarantined]) -> dict:
     """Second pass: the kept rows in sorted order, split by split, then the manifest."""
     label = {c: k for k, c in enumerate(plan.classes)}
-    writer = DatasetWriter(tmp, plan.classes, cfg.image_size, describe(settings, dedup.NEAR_MAX_DISTANCE))
+    writer = DatasetWriter(tmp, plan.classes, cfg.image_size, describe(settings, dedup.NEAR_MAX_DISTANCE),
+                           shard_max_bytes=SHARD_MAX_BYTES)
     written = Counter()
-    bar_total = len(plan.kept) - len(plan.removed)
-    rows = ((split, j) for split in SPLITS for j in range(len(plan.kept)) if plan.split_of[j] == split and j not in plan.removed)
-    for split, j in progress(rows, desc="write shards", total=bar_total, unit="img"):
-        it, d = items[plan.kept[j]], results[plan.kept[j]]
-        cls = it.candidate.class_name
-        writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name))
-        written[it.source] += 1
+    bar = progress_bar("write shards", total=len(plan.kept) - len(plan.removed), unit="img")
+    for split in SPLITS:
+        for j in range(len(plan.kept)):
+            if plan.split_of[j] == split and j not in plan.removed:
+                it, d = items[plan.kept[j]], results[plan.kept[j]]
+                cls = it.candidate.class_name
+                writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name))
+                written[it.source] += 1
+                bar.update()
+        writer.flush(split)
+    bar.close()
 
     def member(j: int) -> dict:
         it = items[plan.kept[j]]
