@@ -1,0 +1,93 @@
+"""The pipelines run end to end through kfp.local (SubprocessRunner, no Docker), as `entropy-ft run` does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--data", "synthetic:120", "--image-size", "32", "--weights", "none", "--profile-images", "24",
+        "--bins", "64", "--batch-size", "16", "--noise", "0,0.2"]
+
+
+def run_cli(args: list[str], tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENTROPY_FT_HOME", "AWS_"))}
+    env["ENTROPY_FT_NO_PROGRESS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "entropy_ft.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout must hold only the JSON summary, got {proc.stdout[:500]!r}"
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("training")
+    return run_cli(["run", "--root", str(tmp / "out"), *TINY, "--epochs", "2", "--model-name", "pipeline-test"], tmp)
+
+
+def test_training_pipeline_produces_every_artifact(training_run):
+    out = {k: Path(v) for k, v in training_run["outputs"].items()}
+    manifest = json.loads((out["dataset"] / "manifest.json").read_text())
+    assert sum(manifest["totals"].values()) == 120
+    assert all((out["dataset"] / s["path"]).is_file() for s in manifest["shards"])
+
+    profile = json.loads((out["profile"] / "profile.json").read_text())
+    assert profile["arch"] == "resnet18" and len(profile["layers"]) == 20 and profile["bins"] == 64
+    assert profile["num_images"] == 24
+
+    selection = json.loads((out["selection"] / "selection.json").read_text())
+    assert selection["strategy"] == "entropy" and selection["rule"] == "below-mean"
+    assert 0 < selection["reduction_vs_full"] < 1
+
+    model = json.loads((out["model"] / "model.json").read_text())
+    assert (out["model"] / "weights.safetensors").stat().st_size > 1_000_000
+    assert model["classes"] == manifest["classes"]
+    assert model["selection"]["layers"] == selection["layers"]
+
+    evaluation = json.loads((out["evaluation"] / "eval.json").read_text())
+    assert [row["sigma"] for row in evaluation["noise"]] == [0.0, 0.2]
+    assert len(evaluation["confusion_matrix"]) == 4
+    assert evaluation["num_images"] == manifest["totals"]["test"]
+
+    assert "version" in (out["registration"]).read_text().lower()
+    for name in ("profile-entropy/chart", "select-layers/chart", "evaluate-noise/plot"):
+        assert "<svg" in (Path(training_run["run_dir"]) / name).read_text()
+
+
+def test_training_run_registers_in_the_local_mlflow_store(training_run):
+    from mlflow import MlflowClient
+
+    uri = training_run["mlflow_tracking_uri"]
+    assert uri.startswith("sqlite:///") and training_run["mlflow_ui"].startswith("mlflow ui --backend-store-uri")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name='pipeline-test'")
+    assert len(versions) == 1
+    run = client.get_run(versions[0].run_id)
+    assert run.data.params["arch"] == "resnet18"
+    history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert [m.step for m in history] == [1, 2]  # logged per epoch as training went
+    assert client.get_model_version_by_alias("pipeline-test", "champion").version == versions[0].version
+
+
+def test_ablation_pipeline_compares_the_strategies_it_ran(tmp_path):
+    summary = run_cli(["run", "--pipeline", "ablation", "--root", str(tmp_path / "out"), *TINY, "--epochs", "1",
+                       "--strategies", "entropy,head"], tmp_path)
+    comparison = json.loads((Path(summary["outputs"]["comparison"]) / "comparison.json").read_text())
+    rows = {row["strategy"]: row for row in comparison["rows"]}
+    assert set(rows) == {"entropy", "head"}
+    assert rows["head"]["trainable_params"] == 2052
+    assert rows["entropy"]["trainable_params"] > rows["head"]["trainable_params"]
+    table = (Path(summary["outputs"]["comparison"]) / "comparison.md").read_text()
+    assert "| entropy |" in table and "| head |" in table
+
+
+def test_flag_of_the_other_pipeline_is_refused(tmp_path):
+    from entropy_ft.cli import main
+
+    assert main(["run", "--pipeline", "ablation", "--strategy", "full", "--root", str(tmp_path)]) == 2
