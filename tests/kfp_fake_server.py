@@ -20,7 +20,7 @@ class Recorded:
     path: str
     query: dict
     body: bytes
-    headers: dict
+    headers: dict  # names lower-cased
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -54,7 +54,8 @@ def _handler(state: FakeKfp):
         def _record(self) -> Recorded:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
-            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length), dict(self.headers))
+            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length),
+                           {k.lower(): v for k, v in self.headers.items()})
             state.requests.append(rec)
             return rec
 

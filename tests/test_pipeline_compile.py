@@ -1,0 +1,120 @@
+"""The compiled IR YAML: tasks, GPU, retries, caching, secrets, and nothing secret or local in it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from entropy_ft.cli import main
+from entropy_ft.images import default_image
+
+MARKER = "SECRET-MARKER-3f9a1c"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, tuple[str, dict, dict]]:
+    """Both pipelines compiled by the CLI while credentials sit in the environment."""
+    tmp = tmp_path_factory.mktemp("compiled")
+    saved = {k: os.environ.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ.update({k: MARKER for k in saved})
+    try:
+        out = {}
+        for name in ("training", "ablation"):
+            path = tmp / f"{name}.yaml"
+            assert main(["compile", "--pipeline", name, "--out", str(path), "--node-selector", "gpu=h100",
+                         "--toleration", "nvidia.com/gpu:NoSchedule"]) == 0
+            text = path.read_text()
+            docs = list(yaml.safe_load_all(text))
+            out[name] = (text, docs[0], docs[1] if len(docs) > 1 else {})
+        return out
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def test_training_has_every_task_in_order(compiled):
+    _, spec, _ = compiled["training"]
+    tasks = _tasks(spec)
+    assert set(tasks) == {"ingest", "profile-entropy", "select-layers", "finetune", "evaluate-noise", "register"}
+    assert tasks["finetune"]["dependentTasks"] == ["ingest", "select-layers"]
+    assert set(tasks["register"]["dependentTasks"]) == {"evaluate-noise", "finetune", "profile-entropy", "select-layers"}
+
+
+def test_ablation_fans_out_over_strategies_and_compares(compiled):
+    _, spec, _ = compiled["ablation"]
+    tasks = _tasks(spec)
+    assert {"ingest", "profile-entropy", "compare"} <= set(tasks)
+    loop = next(t for t in tasks.values() if "iteratorPolicy" in t or "parameterIterator" in t)
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"select-layers", "finetune", "evaluate-noise"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["strategies"]["defaultValue"] == [
+        "entropy", "full", "head", "random"]
+
+
+def test_gpu_resources_and_placement_on_finetune(compiled):
+    _, spec, platform = compiled["training"]
+    executors = spec["deploymentSpec"]["executors"]
+    resources = executors["exec-finetune"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    assert executors["exec-finetune"]["container"]["image"] == default_image(cuda=True)
+    assert executors["exec-ingest"]["container"]["image"] == default_image()
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert k8s["nodeSelector"]["labels"] == {"gpu": "h100"}
+    assert k8s["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and k8s["emptyDirMounts"][0]["medium"] == "Memory"
+
+
+def test_retries_caching_and_secret_references(compiled):
+    _, spec, platform = compiled["training"]
+    tasks = _tasks(spec)
+    for name in ("ingest", "profile-entropy"):
+        assert tasks[name]["cachingOptions"]["enableCache"] is True
+    for name in ("finetune", "register", "select-layers", "evaluate-noise"):
+        assert not tasks[name]["cachingOptions"].get("enableCache", False)
+    for name in ("ingest", "profile-entropy", "finetune", "evaluate-noise", "register"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = {name: {s["secretName"] for s in ex.get("secretAsEnv", [])} for name, ex in executors.items()}
+    assert secrets["exec-ingest"] == {"entropy-ft-s3"}
+    assert secrets["exec-register"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
+    assert secrets["exec-finetune"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
+
+
+@pytest.mark.parametrize("name", ["training", "ablation"])
+def test_no_credential_or_local_path_in_yaml(compiled, name):
+    text, _, _ = compiled[name]
+    assert MARKER not in text
+    for local in (str(Path.cwd()), str(Path.home()), "/tmp/", "/work/"):
+        assert local not in text, local
+    assert not re.search(r"(?i)(aws_secret_access_key|password)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{8,}", text)
+
+
+def test_bad_cluster_flags_exit_2(tmp_path, capsys):
+    assert main(["compile", "--out", str(tmp_path / "x.yaml"), "--toleration", "gpu"]) == 2
+    assert "--toleration gpu" in capsys.readouterr().err
+    assert main(["compile", "--out", str(tmp_path / "x.yaml"), "--node-selector", "novalue"]) == 2
+
+
+@pytest.mark.parametrize("name", ["training", "ablation"])
+def test_pipeline_parameters_are_the_flag_table(compiled, name):
+    """Every knob in pipelines/params.py is a pipeline parameter with the same default, and nothing else is."""
+    from entropy_ft.pipelines.params import params_for
+
+    _, spec, _ = compiled[name]
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    table = {p.name: p.default for p in params_for(name)}
+    assert set(declared) == set(table)
+    for key, default in table.items():
+        assert declared[key]["defaultValue"] == default, key
