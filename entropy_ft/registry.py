@@ -125,7 +125,8 @@ def current_champion(client, model_name: str, metric: GateMetric) -> tuple[str |
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
+        # no such registered model: RESOURCE_DOES_NOT_EXIST; a model without the alias: "alias ... not found"
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(exc) and "not found" in str(exc):
             return None, None
         raise
     return str(version.version), _finite(version.tags.get(metric.tag))

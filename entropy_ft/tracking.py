@@ -119,19 +119,21 @@ def connect():
     The first contact goes through MLflow's own retrying HTTP client (bounded by
     :data:`HTTP_RETRY_DEFAULTS`); an unreachable server then fails with a UserError.
     """
+    return _session()[0]
+
+
+def experiment_id() -> str:
+    return _session()[1]
+
+
+def _session():
     import mlflow
 
     for var, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(var, value)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # the fluent API (start_run, log_model) follows the same store
-    return _connect(uri, experiment_name(), _artifact_location(uri))[0]
-
-
-def experiment_id() -> str:
-    connect()
-    uri = tracking_uri()
-    return _connect(uri, experiment_name(), _artifact_location(uri))[1]
+    return _connect(uri, experiment_name(), _artifact_location(uri))
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -186,7 +188,9 @@ def ensure_run(run_id: str | None, run_name: str | None = None, tags: Mapping[st
 
             try:
                 run = client.get_run(run_id)
-            except MlflowException:
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 raise UserError(f"--run-id {run_id}: no such MLflow run at {redact(tracking_uri())}") from None
             for key, value in clean.items():
                 client.set_tag(run.info.run_id, key, value)

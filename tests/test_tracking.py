@@ -7,8 +7,10 @@ import math
 import sqlite3
 
 import pytest
+import torch
 
 from entropy_ft import registry, tracking
+from entropy_ft.data.format import ImageRecord
 from entropy_ft.errors import UserError
 from entropy_ft.registry import Decision, GateMetric, decide
 
@@ -130,3 +132,37 @@ def test_local_default_store(tmp_path, monkeypatch):
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
     with pytest.raises(UserError, match="no such MLflow run"):
         tracking.ensure_run("0" * 32)
+    metric = GateMetric("macro_f1")
+    assert registry.current_champion(client, "never-registered", metric) == (None, None)
+    client.create_registered_model("no-champion-yet")  # e.g. the first version came with --promote never
+    assert registry.current_champion(client, "no-champion-yet", metric) == (None, None)
+
+
+@pytest.mark.parametrize("model_size", [48, 32])  # the model's input size: the Dataset's, or resized on load
+def test_serving_sees_the_pixels_training_sees(kaggle_zip, tmp_path, model_size):
+    """Raw JPEG bytes through the served model's preprocessing give exactly the tensor that
+    ingest + the training loader give for the same file."""
+    import zipfile
+
+    from entropy_ft.data.format import DatasetWriter, read_split
+    from entropy_ft.data.loader import ParquetImages
+    from entropy_ft.data.preprocess import Settings, describe, process
+    from entropy_ft.serving import model_pixels
+
+    with zipfile.ZipFile(kaggle_zip) as zf:
+        names = [n for n in sorted(zf.namelist()) if n.startswith("Testing/") and n.endswith(".jpg")][::200][:6]
+        files = {n: zf.read(n) for n in names}
+    settings = Settings(48)
+    writer = DatasetWriter(tmp_path, ["a"], 48, describe(settings, 0))
+    for name, data in files.items():
+        p = process(data, settings)
+        writer.add("train", ImageRecord(p.pixels, 0, "a", p.file_sha256, name))
+    manifest = writer.close()
+    loaded = ParquetImages(tmp_path, "train", image_size=model_size)
+    preprocessing = {"image_size": model_size, "ingest": manifest["preprocessing"]}
+    sources = read_split(tmp_path, "train", ["source"]).column("source").to_pylist()  # the loader's row order
+    assert sorted(sources) == sorted(files)
+    for i, name in enumerate(sources):
+        tensor = model_pixels(files[name], preprocessing, model_size)
+        assert tensor.shape == (3, model_size, model_size)
+        assert torch.equal(tensor, loaded.pixels(i)), name

@@ -25,6 +25,7 @@ from mlflow_server import mlflow_server  # noqa: F401  (pytest fixture)
 from entropy_ft import cli, registry, tracking
 from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from entropy_ft.data.synthetic import CLASSES
+from entropy_ft.errors import UserError
 from entropy_ft.model_dir import save_model_dir
 from entropy_ft.models import build_model
 
@@ -97,6 +98,8 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
     client = tracking.connect()
     run_id = tracking.ensure_run(None, "pipeline-test", tracking.pipeline_tags("kfp-run-1", "nightly-1", "training"))
     assert tracking.ensure_run(run_id) == run_id  # the next step reattaches
+    with pytest.raises(UserError, match="no such MLflow run"):
+        tracking.ensure_run("0" * 32)
     profile = {"arch": "squeezenet1_1", "weights": "none", "weights_sha256": None, "classes": CLASSES, "num_classes": 4,
                "dataset_manifest_sha256": "d" * 64, "image_size": IMAGE_SIZE, "estimator": "histogram",
                "bins": 64, "tap": "conv", "num_images": 16, "layers": []}
