@@ -1,6 +1,6 @@
 """Benchmark: ingesting the whole Kaggle archive, and the training loader against torchvision's ImageFolder.
 
-    .venv/bin/python benchmarks/ingest_loader.py [--archive PATH] [--workers N] [--batches 60] [--out results.json]
+    .venv/bin/python benchmarks/ingest_loader.py [--archive PATH] [--workers N] [--batches 20] [--rounds 5] [--out results.json]
 
 1. ``entropy-ft ingest`` of the whole archive at 224 px: wall time and images per second.
 2. Loader throughput over the ingested train split (raw uint8 pixels from Parquet, in DataLoader
@@ -20,10 +20,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,18 +39,20 @@ from entropy_ft.steps import ingest
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri-kaggle.zip"
 
 
-def images_per_second(loader: DataLoader, batches: int) -> float:
-    """Throughput over ``batches`` batches after one warm-up batch (worker start-up excluded)."""
-    it = iter(loader)
-    next(it)
+def endless(loader: DataLoader) -> Iterator[torch.Tensor]:
+    """Batches of images, epoch after epoch."""
+    while True:
+        for images, _ in loader:
+            yield images
+
+
+def images_per_second(batches: Iterator[torch.Tensor], n: int, prefetched: int) -> float:
+    """Throughput over ``n`` batches, after taking the ``prefetched`` batches the workers made while idle."""
+    for _ in range(prefetched):
+        next(batches)
     seen, started = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            images, _ = next(it)
-        except StopIteration:
-            it = iter(loader)
-            images, _ = next(it)
-        seen += len(images)
+    for _ in range(n):
+        seen += len(next(batches))
     return seen / (time.perf_counter() - started)
 
 
@@ -77,9 +81,18 @@ def imagefolder_loader(root: Path, batch_size: int, workers: int, train: bool) -
 
 
 def compare(dataset: Path, jpegs: Path, args: argparse.Namespace, train: bool) -> dict:
+    """Both loaders, measured in alternating rounds (median of each), so that load from other
+    processes drifting over time hits both alike; one warm-up batch each starts the workers."""
     cfg = LoaderConfig(batch_size=args.batch_size, num_workers=args.workers, seed=0)
-    parquet = images_per_second(make_loader(dataset, "train", cfg, train=train), args.batches)
-    folder = images_per_second(imagefolder_loader(jpegs, args.batch_size, args.workers, train), args.batches)
+    loaders = {"parquet": endless(make_loader(dataset, "train", cfg, train=train)),
+               "imagefolder": endless(imagefolder_loader(jpegs, args.batch_size, args.workers, train))}
+    for batches in loaders.values():
+        next(batches)
+    rounds: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(args.rounds):
+        for name, batches in loaders.items():
+            rounds[name].append(images_per_second(batches, args.batches, prefetched=2 * max(args.workers, 1)))
+    parquet, folder = statistics.median(rounds["parquet"]), statistics.median(rounds["imagefolder"])
     return {"parquet_images_per_s": round(parquet, 1), "imagefolder_images_per_s": round(folder, 1),
             "speedup": round(parquet / folder, 2)}
 
@@ -89,7 +102,8 @@ def main() -> None:
     p.add_argument("--archive", type=Path, default=Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP", DEFAULT_ARCHIVE)))
     p.add_argument("--workers", type=int, default=default_workers(), help="ingest processes and DataLoader workers")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches", type=int, default=60, help="timed batches per loader")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per loader and round")
+    p.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (median reported)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args()
 
@@ -112,7 +126,7 @@ def main() -> None:
         "ingest": {"archive": str(args.archive), "files": files, "images": summary["images"],
                    "seconds": round(ingest_s, 2), "files_per_s": round(files / ingest_s, 1),
                    "quarantined": summary["quarantined"], "duplicates": summary["duplicates"]},
-        "loader": {"batch_size": args.batch_size, "timed_batches": args.batches, "jpeg_training_files": n_jpegs,
+        "loader": {"batch_size": args.batch_size, "timed_batches": args.batches, "rounds": args.rounds, "jpeg_training_files": n_jpegs,
                    "train_augmented": augmented, "eval_no_augmentation": plain},
     }
     text = json.dumps(result, indent=2)

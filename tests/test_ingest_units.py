@@ -193,3 +193,32 @@ def test_default_workers_respect_a_cgroup_cpu_limit(monkeypatch):
     files.clear()
     files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "100000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})
     assert decode_pool.default_workers() == 1
+
+
+def test_decoding_streams_with_bounded_work_in_flight(tmp_path):
+    """Memory does not grow with the dataset: the reader is never more than 2 batches per worker
+    ahead of what has been decoded and spilled to disk."""
+    from entropy_ft.data import decode_pool
+    from entropy_ft.data.preprocess import Settings
+
+    data = encode(phantom(0, "glioma", size=16))
+    spilled = []
+
+    class CountingSpill(decode_pool.Spill):
+        def append(self, blob: bytes) -> int:
+            spilled.append(len(blob))
+            return super().append(blob)
+
+    ahead = []
+
+    def reads(n):
+        for i in range(n):
+            ahead.append(i - len(spilled))
+            yield i, data, None
+
+    spill = CountingSpill(tmp_path / "spill")
+    results = decode_pool.decode_all(reads(600), 600, Settings(16), workers=2, spill=spill)
+    assert len(results) == len(spilled) == 600
+    assert max(ahead) <= (2 * 2 + 1) * decode_pool.BATCH_IMAGES
+    assert np.array_equal(spill.pixels(results[599]), phantom(0, "glioma", size=16))
+    spill.close()

@@ -201,7 +201,7 @@ class _Mapper:
         class_dir = "/".join(folder)
         cls = self.class_for(class_dir)
         if self.layout == "brisc2025" and (m := BRISC_NAME.match(parts[-1])):
-            named = BRISC_CODES[m.group(1).lower()]
+            named = canonical_class(BRISC_CODES[m.group(1).lower()], self.class_map)
             if named != cls:
                 return self.quarantine(path, q.LABEL_CONFLICT, f"label conflict: file name says {named}, folder says {cls}")
         self.result.candidates.append(Candidate(path, cls, split, class_dir))

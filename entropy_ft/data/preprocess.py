@@ -70,8 +70,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 if width * height > max_pixels:
                     raise BadImage(q.BOMB, f"{width}x{height} pixels is over the {max_pixels}-pixel limit")
                 im.load()
-                upright = ImageOps.exif_transpose(im)
-                return _to_8bit(upright)
+                ImageOps.exif_transpose(im, in_place=True)
+                return _to_8bit(im)
     except Image.DecompressionBombError as exc:
         raise BadImage(q.BOMB, f"decompression bomb ({exc})") from exc
     except BadImage:

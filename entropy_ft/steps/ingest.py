@@ -185,6 +185,9 @@ def run_sources(cfg: Config) -> dict:
         "files": files,
         "files_per_s": round(files / max(seconds, 1e-9), 1),
     }
+    if quarantined:
+        log.warning("quarantined %d files (%s): listed with reasons in manifest.json quarantine", len(quarantined),
+                    ", ".join(f"{n} {kind}" for kind, n in summary["quarantine"].items()))
     log.info("wrote %d images to %s in %.1f s (%s)", summary["images"], cfg.out, seconds, manifest["totals"])
     return summary
 
@@ -306,26 +309,6 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
         writer.flush(split)
     bar.close()
 
-    def member(j: int) -> dict:
-        it = items[plan.kept[j]]
-        return {"source": it.name, "split": plan.split_of[j], "class_name": it.candidate.class_name}
-
-    duplicates = {
-        "policy": cfg.duplicates,
-        "near_max_hamming_distance": dedup.NEAR_MAX_DISTANCE,
-        "summary": plan.summary,
-        "groups": [
-            {
-                "kind": g.kind,
-                "cross_split": len({plan.split_of[j] for j in g.members}) > 1,
-                "label_conflict": len({items[plan.kept[j]].candidate.class_name for j in g.members}) > 1,
-                **({"pixel_sha256": results[plan.kept[g.members[0]]].pixel_sha256} if g.kind == "exact" else {}),
-                "members": [member(j) for j in g.members],
-            }
-            for g in plan.groups
-        ],
-        "removed": [{**member(j), "reason": reason} for j, reason in sorted(plan.removed.items())],
-    }
     carved_test = sorted({sources[items[i].source].name for i in plan.kept if items[i].candidate.split is None})
     return writer.close(
         sources=[
@@ -338,6 +321,32 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
         splits={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
                 "method": "stratified by class, seeded; duplicate groups are never split across train/val/test by carving"},
-        duplicates=duplicates,
+        duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
     )
+
+
+def _duplicates_section(cfg: Config, items: list[Item], results: dict, plan: Plan) -> dict:
+    """The manifest's duplicate report: every group with its members, and what ``drop`` removed."""
+
+    def member(j: int) -> dict:
+        it = items[plan.kept[j]]
+        return {"source": it.name, "split": plan.split_of[j], "class_name": it.candidate.class_name}
+
+    def group(g: dedup.Group) -> dict:
+        exact = {"pixel_sha256": results[plan.kept[g.members[0]]].pixel_sha256} if g.kind == "exact" else {}
+        return {
+            "kind": g.kind,
+            "cross_split": len({plan.split_of[j] for j in g.members}) > 1,
+            "label_conflict": len({items[plan.kept[j]].candidate.class_name for j in g.members}) > 1,
+            **exact,
+            "members": [member(j) for j in g.members],
+        }
+
+    return {
+        "policy": cfg.duplicates,
+        "near_max_hamming_distance": dedup.NEAR_MAX_DISTANCE,
+        "summary": plan.summary,
+        "groups": [group(g) for g in plan.groups],
+        "removed": [{**member(j), "reason": reason} for j, reason in sorted(plan.removed.items())],
+    }
