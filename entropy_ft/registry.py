@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import UserError
+from .tracking import eval_metrics, sigma_label
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -46,23 +47,22 @@ class GateMetric:
         return cls(name, value)
 
     @property
+    def key(self) -> str:
+        """The metric's name among :func:`entropy_ft.tracking.eval_metrics`, e.g. ``test_macro_f1_sigma_0``."""
+        return f"test_{self.name}_sigma_{sigma_label(self.sigma)}"
+
+    @property
     def tag(self) -> str:
         """The version tag that holds this metric, e.g. ``entropy_ft.test_macro_f1_sigma_0``."""
-        return f"{TAG_PREFIX}test_{self.name}_sigma_{self.sigma:g}"
+        return TAG_PREFIX + self.key
 
     def __str__(self) -> str:
         return self.name if self.sigma == 0 else f"{self.name}@{self.sigma:g}"
 
 
 def metric_value(evaluation: Mapping, metric: GateMetric) -> float | None:
-    """The metric from eval.json's noise table (falling back to the top-level sigma-0 figures); None if absent or not finite."""
-    value = None
-    for row in evaluation.get("noise", []):
-        if math.isclose(float(row.get("sigma", -1)), metric.sigma, abs_tol=1e-9):
-            value = row.get(metric.name)
-    if value is None and metric.sigma == 0:
-        value = evaluation.get(metric.name)
-    return _finite(value)
+    """The gate metric of an eval.json; None when absent or not finite."""
+    return eval_metrics(evaluation).get(metric.key)
 
 
 def _finite(value: object) -> float | None:
@@ -104,15 +104,19 @@ def decide(mode: str, candidate: float | None, champion_version: str | None, cha
 
 def version_tags(metrics: Mapping[str, float], metric: GateMetric, value: float | None, decision: Decision,
                  champion_version: str | None, champion_value: float | None, extra: Mapping[str, str]) -> dict[str, str]:
-    """Tags for a new model version: its test metrics and the gate decision, readable in the UI."""
-    tags = {f"{TAG_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()}
+    """Tags for a new model version: its test metrics and the gate decision, readable in the UI.
+
+    Numbers are written with ``repr`` (shortest exact round trip), because the next
+    registration compares against them: rounding here could turn a tie into a promotion.
+    """
+    tags = {f"{TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
     tags.update({
         f"{TAG_PREFIX}gate.metric": str(metric),
-        f"{TAG_PREFIX}gate.value": "missing" if value is None else f"{value:.6g}",
+        f"{TAG_PREFIX}gate.value": "missing" if value is None else repr(value),
         f"{TAG_PREFIX}gate.promoted": str(decision.promote).lower(),
         f"{TAG_PREFIX}gate.reason": decision.reason,
         f"{TAG_PREFIX}gate.champion_before": champion_version or "none",
-        f"{TAG_PREFIX}gate.champion_value_before": "missing" if champion_value is None else f"{champion_value:.6g}",
+        f"{TAG_PREFIX}gate.champion_value_before": "missing" if champion_value is None else repr(champion_value),
     })
     tags.update({f"{TAG_PREFIX}{k}": v for k, v in extra.items()})
     return tags

@@ -122,16 +122,27 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
+# The model is logged "from code": MLflow stores this file and runs it at load time, instead of
+# unpickling an object, so loading never executes pickled bytes and survives refactors here.
+MODEL_CODE = """from entropy_ft.serving import ImageClassifier
+import mlflow.models
+
+mlflow.models.set_model(ImageClassifier())
+"""
+
+
 def log_pyfunc(model_dir: Path, meta: dict, name: str = "model"):
     """Log the Model dir as a pyfunc model under the active run; returns MLflow's ModelInfo."""
-    import mlflow.pyfunc
+    import tempfile
 
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=ImageClassifier(),
-        artifacts={"model_dir": str(model_dir)},
-        signature=signature(list(meta["classes"])),
-        input_example=input_example(meta),
-        pip_requirements=pip_requirements(),
-    )
-
+    with tempfile.TemporaryDirectory(prefix="entropy-ft-pyfunc-") as tmp:
+        code = Path(tmp, "image_classifier.py")
+        code.write_text(MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={"model_dir": str(model_dir)},
+            signature=signature(list(meta["classes"])),
+            input_example=input_example(meta),
+            pip_requirements=pip_requirements(),
+        )

@@ -331,16 +331,16 @@ def sigma_label(sigma: float) -> str:
 
 def eval_metrics(evaluation: Mapping) -> dict[str, float]:
     """Run metrics from an eval.json: ``test_<m>`` at sigma 0, ``test_<m>_sigma_<s>`` at every
-    sigma, ``test_recall_<class>`` at sigma 0."""
+    sigma (sigma 0 from the top-level figures when the noise table lacks it), and
+    ``test_recall_<class>`` at sigma 0. Missing and non-finite values are left out."""
     names = ("accuracy", "macro_f1", "balanced_accuracy")
-    out = {f"test_{m}": float(evaluation[m]) for m in names if isinstance(evaluation.get(m), (int, float))}
-    for cls, recall in (evaluation.get("per_class_recall") or {}).items():
-        out[f"test_recall_{cls}"] = float(recall)
+    out = {f"test_{m}": evaluation.get(m) for m in names}
+    out.update({f"test_recall_{c}": r for c, r in (evaluation.get("per_class_recall") or {}).items()})
+    out.update({f"test_{m}_sigma_0": evaluation.get(m) for m in names})
     for row in evaluation.get("noise", []):
-        for m in names:
-            if isinstance(row.get(m), (int, float)):
-                out[f"test_{m}_sigma_{sigma_label(row['sigma'])}"] = float(row[m])
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+        out.update({f"test_{m}_sigma_{sigma_label(row['sigma'])}": row.get(m) for m in names if m in row})
+    return {k: float(v) for k, v in out.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def log_evaluation(run_id: str, evaluation: Mapping) -> dict[str, float]:

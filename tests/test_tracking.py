@@ -63,10 +63,12 @@ def test_gate_metric_parsing_and_values():
 
 
 def test_version_tags_carry_metrics_and_decision():
-    metrics = tracking.eval_metrics(EVAL)
+    f1 = 6 / 70  # not short in decimal: a rounded tag would make the next identical model look better or worse
+    metrics = tracking.eval_metrics({**EVAL, "noise": [{"sigma": 0.0, "macro_f1": f1}]})
     metric = GateMetric("macro_f1")
-    tags = registry.version_tags(metrics, metric, 0.75, Decision(False, "tie"), "3", 0.75, {"arch": "resnet18"})
-    assert tags[metric.tag] == "0.75"
+    tags = registry.version_tags(metrics, metric, f1, Decision(False, "tie"), "3", 0.75, {"arch": "resnet18"})
+    assert float(tags[metric.tag]) == f1
+    assert not decide("better", f1, "3", float(tags[metric.tag])).promote
     assert tags["entropy_ft.gate.promoted"] == "false"
     assert tags["entropy_ft.gate.champion_before"] == "3"
     assert tags["entropy_ft.arch"] == "resnet18"
