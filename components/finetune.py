@@ -14,14 +14,15 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
 
     cfg = step.Config(dataset=dataset.path, selection=str(Path(selection.path, "selection.json")), out=model.path,
                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    run_id, on_epoch_end = "", None
     if track:
         from entropy_ft import tracking
 
         run_id = tracking.ensure_run(None, f"{pipeline_name}-{kfp_run_name}"[:250],
                                      tracking.pipeline_tags(kfp_run_id, kfp_run_name, pipeline_name))
-        on_epoch_end = tracking.epoch_logger(run_id)
-    summary = step.run(cfg, on_epoch_end=on_epoch_end)
+        with tracking.active_run(run_id):  # RUNNING with system metrics while training; FAILED if it raises
+            summary = step.run(cfg, on_epoch_end=tracking.epoch_logger(run_id))
+    else:
+        run_id, summary = "", step.run(cfg)
     kfp_io.log_numbers(metrics, {k: v for k, v in summary.items() if k not in ("seed",)})
     model.metadata.update({"arch": summary["arch"], "strategy": summary["strategy"], "mlflow_run_id": run_id})
     return run_id
