@@ -1,0 +1,451 @@
+"""Reproduce the paper's comparison on the real Kaggle brain-MRI archive: entropy-selected fine-tuning
+against full, head-only and random (matched budget) fine-tuning, over several seeds.
+
+    .venv/bin/python benchmarks/paper.py                     # CPU defaults: resnet18, 128 px, 3 epochs, 3 seeds
+    .venv/bin/python benchmarks/paper.py --archs resnet18,resnet34,squeezenet1_1
+    .venv/bin/python benchmarks/paper.py --paper             # the paper's settings, for a GPU: 224 px, 20 epochs
+
+Steps, all through the library: the archive is ingested once per image size (cached under
+``--cache``); per architecture one entropy profile (``steps.profile``) and the selections
+(``steps.select``: entropy with the default rule, full, head, and random with the entropy
+selection's parameter budget, one draw per seed); per (architecture, strategy, seed) one
+fine-tuning run (``steps.finetune``) in a fresh process, so its peak memory is its own, then
+test predictions at every noise sigma (``entropy_ft.evaluate``, exactly as ``steps.evaluate``
+draws them), scored twice: on the test split as shipped and on the test split without every
+image that is an exact or near duplicate of a training (train or val) image, per the ingest
+manifest's duplicate groups.
+
+Resumable: a run whose result JSON exists is skipped, and an interrupted fine-tuning run
+resumes from its last epoch checkpoint, so re-running the same command continues a killed
+benchmark. Results (``--results``): ``<name>.md`` (tables, command, date, machine, versions,
+settings), ``<name>.json`` and PNG plots. Never run in CI; the md is generated, never edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP", ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
+STRATEGIES = ("entropy", "full", "head", "random")
+SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4)
+TRAINING_SPLITS = ("train", "val")  # both come from the archive's Training/ folder and shape the model
+CPU_DEFAULTS = {"image_size": 128, "epochs": 3}
+PAPER_DEFAULTS = {"image_size": 224, "epochs": 20}
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} paper: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="the Kaggle zip (default: ../shared/data)")
+    p.add_argument("--archs", default="resnet18", help="comma-separated: resnet18,resnet34,squeezenet1_1")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                         help="folder with <arch>-imagenette.pt state_dicts (default: ../shared/weights)")
+    weights.add_argument("--weights", default=None, help="one weight source for every arch, e.g. imagenet")
+    p.add_argument("--paper", action="store_true",
+                   help=f"the paper's settings for a GPU: {PAPER_DEFAULTS['image_size']} px, {PAPER_DEFAULTS['epochs']} epochs "
+                        f"(CPU default: {CPU_DEFAULTS['image_size']} px, {CPU_DEFAULTS['epochs']} epochs)")
+    p.add_argument("--image-size", type=int, default=None, help="ingest and model input side in pixels")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per run")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per (arch, strategy): 0..N-1")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS), help="noise sigmas on [0, 1] pixels")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--profile-images", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="training precision: auto|fp32|bf16|fp16 (evaluation is fp32)")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the library's)")
+    p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache", help="ingested data and run artifacts")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default=None, help="results file stem (default: paper, or paper-gpu with --paper)")
+    args = p.parse_args(argv)
+    defaults = PAPER_DEFAULTS if args.paper else CPU_DEFAULTS
+    args.image_size = args.image_size or defaults["image_size"]
+    args.epochs = args.epochs or defaults["epochs"]
+    args.name = args.name or ("paper-gpu" if args.paper else "paper")
+    args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.sigmas = sorted({float(s) for s in args.sigmas.split(",") if s.strip()} | {0.0})
+    unknown = [s for s in args.strategies if s not in STRATEGIES]
+    if unknown or ("random" in args.strategies and "entropy" not in args.strategies):
+        p.error(f"--strategies: expected a subset of {','.join(STRATEGIES)} (random needs entropy for its budget)")
+    if args.seeds < 1:
+        p.error("--seeds: at least 1")
+    return args
+
+
+def weights_for(args: argparse.Namespace, arch: str) -> str:
+    if args.weights:
+        return args.weights
+    path = args.weights_dir / f"{arch}-imagenette.pt"
+    if not path.is_file():
+        raise SystemExit(f"--weights-dir {args.weights_dir}: no {path.name} (or pass --weights imagenet)")
+    return str(path)
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """Everything that decides a run's result; its hash names the run folder, so changed settings never reuse old runs."""
+    return {"image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "profile_images": args.profile_images, "sigmas": args.sigmas, "device": args.device,
+            "precision": args.precision, "archive": args.archive.name,
+            "weights": {a: Path(weights_for(args, a)).name if args.weights is None else args.weights for a in args.archs}}
+
+
+# ---------------------------------------------------------------- data
+
+
+def ensure_dataset(archive: Path, image_size: int, cache: Path) -> Path:
+    """The archive ingested at ``image_size`` (once; later calls reuse it)."""
+    from entropy_ft.steps import ingest
+
+    root = cache / f"kaggle-{image_size}px"
+    if (root / "manifest.json").is_file():
+        return root
+    log(f"ingesting {archive} at {image_size} px into {root}")
+    ingest.run(ingest.Config((str(archive),), str(root), image_size=image_size))
+    return root
+
+
+def leaked_test_images(root: Path) -> dict:
+    """Test images that are an exact or near duplicate of a train/val image, from the manifest's groups."""
+    from entropy_ft.data.format import load_manifest, read_split
+
+    manifest = load_manifest(root)
+    leaked: dict[str, str] = {}  # source name -> "exact" unless only a near group links it
+    for group in manifest["duplicates"]["groups"]:
+        splits = {m["split"] for m in group["members"]}
+        if "test" in splits and splits & set(TRAINING_SPLITS):
+            for m in group["members"]:
+                if m["split"] == "test" and leaked.get(m["source"]) != "exact":
+                    leaked[m["source"]] = group["kind"]
+    sources = read_split(root, "test", columns=["source"]).column("source").to_pylist()
+    keep = np.array([s not in leaked for s in sources])
+    kinds = [leaked[s] for s in sources if s in leaked]
+    return {"keep": keep, "test_images": len(sources), "removed": len(kinds),
+            "removed_exact": kinds.count("exact"), "removed_near_only": kinds.count("near"),
+            "duplicate_summary": manifest["duplicates"]["summary"], "totals": manifest["totals"]}
+
+
+# ---------------------------------------------------------------- one fine-tuning run (in its own process)
+
+
+def fine_tune_and_score(spec: dict) -> None:
+    """Fine-tune one selection, score it at every sigma on both test sets, write the result JSON."""
+    os.environ["ENTROPY_FT_NO_PROGRESS"] = "1"
+    import torch
+
+    from entropy_ft import storage
+    from entropy_ft.data.loader import LoaderConfig, make_loader
+    from entropy_ft.evaluate import classification_metrics, noise_generator, predict
+    from entropy_ft.model_dir import load_model_dir
+    from entropy_ft.precision import resolve_device
+    from entropy_ft.steps import finetune
+
+    started = time.perf_counter()
+    device = resolve_device(spec["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(spec["seed"])  # the new head's initialisation
+    summary = finetune.run(finetune.Config(
+        dataset=spec["dataset"], selection=spec["selection"], out=spec["model"], epochs=spec["epochs"], lr=spec["lr"],
+        batch_size=spec["batch_size"], seed=spec["seed"], device=spec["device"], precision=spec["precision"],
+        num_workers=spec["num_workers"], resume=True))
+    train_peak = _peak_memory_mb(device)
+    history = json.loads(Path(spec["model"], "history.json").read_text())["history"]
+
+    model, meta = load_model_dir(spec["model"], device)
+    classes = list(meta["classes"])
+    loader = make_loader(spec["dataset"], "test", LoaderConfig(64, 0, int(meta["preprocessing"]["image_size"]), spec["seed"]),
+                         train=False)
+    keep = np.array(spec["keep"], dtype=bool)
+    scores: dict[str, list[dict]] = {"shipped": [], "dedup": []}
+    for sigma in spec["sigmas"]:  # one prediction pass per sigma; both test sets score the same predictions
+        y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(spec["seed"], sigma))
+        pred = logits.argmax(axis=1)
+        for name, mask in (("shipped", np.ones_like(keep)), ("dedup", keep)):
+            m = classification_metrics(y[mask], pred[mask], classes)
+            scores[name].append({"sigma": sigma, "images": int(mask.sum()),
+                                 **{k: m[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}})
+    selection = json.loads(Path(spec["selection"]).read_text())
+    result = {
+        "arch": spec["arch"], "strategy": spec["strategy"], "seed": spec["seed"],
+        "selected_layers": len(selection["layers"]), "trainable_params": selection["trainable_params"],
+        "full_params": selection["full_params"], "reduction_vs_full": selection["reduction_vs_full"],
+        "epochs_run": len(history), "epoch_seconds": [h["seconds"] for h in history],
+        "seconds_per_epoch": statistics.mean(h["seconds"] for h in history),
+        "train_images_per_second": statistics.mean(h["images_per_second"] for h in history),
+        "best_val_macro_f1": summary["best_val_macro_f1"], "device": summary["device"], "precision": summary["precision"],
+        "peak_memory_mb": train_peak, "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
+        "wall_seconds": time.perf_counter() - started, "test": scores,
+    }
+    storage.write_json(spec["result"], result)
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_isolated(spec: dict) -> None:
+    """One run in a fresh interpreter: its peak RSS is its own, and a crash cannot take the benchmark down."""
+    proc = multiprocessing.get_context("spawn").Process(target=fine_tune_and_score, args=(spec,))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"run {spec['arch']} {spec['strategy']} seed {spec['seed']} failed (exit {proc.exitcode})")
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def prepare_arch(args, arch: str, dataset: Path, work: Path) -> dict[tuple[str, int], str]:
+    """Profile once, then one selection per (strategy, seed): selection.json path by (strategy, seed)."""
+    from entropy_ft.steps import profile, select
+
+    profile_dir = work / "profile"
+    if not (profile_dir / "profile.json").is_file():
+        log(f"{arch}: profiling {args.profile_images} training images")
+        profile.run(profile.Config(str(dataset), arch, weights_for(args, arch), str(profile_dir),
+                                   images=args.profile_images, device=args.device))
+    selections = {}
+    for strategy in args.strategies:
+        for seed in range(args.seeds):
+            seeded = strategy == "random"  # entropy, full and head do not depend on the seed
+            out = work / (f"select-{strategy}-s{seed}" if seeded else f"select-{strategy}")
+            if not (out / "selection.json").is_file():
+                select.run(select.Config(str(profile_dir), strategy, str(out), seed=seed if seeded else 0))
+            selections[strategy, seed] = str(out / "selection.json")
+    return selections
+
+
+def run_grid(args, dataset: Path, leak: dict, work_root: Path) -> list[dict]:
+    results = []
+    jobs = [(arch, strategy, seed) for arch in args.archs for seed in range(args.seeds) for strategy in args.strategies]
+    selections = {}
+    for arch in args.archs:
+        selections[arch] = prepare_arch(args, arch, dataset, work_root / arch)
+    done_times: list[float] = []
+    for k, (arch, strategy, seed) in enumerate(jobs, 1):
+        work = work_root / arch
+        result_path = work / f"result-{strategy}-s{seed}.json"
+        if not result_path.is_file():
+            eta = f", about {statistics.mean(done_times) * (len(jobs) - k + 1) / 60:.0f} min left" if done_times else ""
+            log(f"[{k}/{len(jobs)}] {arch} {strategy} seed {seed}: fine-tuning {args.epochs} epochs{eta}")
+            started = time.perf_counter()
+            run_isolated({
+                "arch": arch, "strategy": strategy, "seed": seed, "dataset": str(dataset),
+                "selection": selections[arch][strategy, seed], "model": str(work / f"model-{strategy}-s{seed}"),
+                "result": str(result_path), "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                "device": args.device, "precision": args.precision, "num_workers": args.num_workers,
+                "sigmas": args.sigmas, "keep": leak["keep"].tolist(),
+            })
+            done_times.append(time.perf_counter() - started)
+        result = json.loads(result_path.read_text())
+        clean = result["test"]["shipped"][0]
+        log(f"[{k}/{len(jobs)}] {arch} {strategy} seed {seed}: test accuracy {clean['accuracy']:.4f}, "
+            f"{result['seconds_per_epoch']:.0f} s/epoch, {result['trainable_params']:,} trainable")
+        results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------- aggregation and report
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def aggregate(results: list[dict], sigmas: list[float]) -> list[dict]:
+    """Mean and sample standard deviation over seeds per (arch, strategy)."""
+    rows = []
+    keys = sorted({(r["arch"], r["strategy"]) for r in results}, key=lambda k: (k[0], STRATEGIES.index(k[1])))
+    for arch, strategy in keys:
+        runs = [r for r in results if r["arch"] == arch and r["strategy"] == strategy]
+        row = {"arch": arch, "strategy": strategy, "seeds": [r["seed"] for r in runs]}
+        for key in ("trainable_params", "reduction_vs_full", "seconds_per_epoch", "peak_memory_mb", "selected_layers"):
+            row[key] = mean_std([float(r[key]) for r in runs])
+        for test in ("shipped", "dedup"):
+            for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+                row[f"{test}_{metric}"] = mean_std([r["test"][test][0][metric] for r in runs])
+            for i, sigma in enumerate(sigmas):
+                row[f"{test}_accuracy_sigma_{sigma:g}"] = mean_std([r["test"][test][i]["accuracy"] for r in runs])
+        rows.append(row)
+    return rows
+
+
+def fmt(ms: tuple[float, float | None], scale: float = 1.0, digits: int = 3) -> str:
+    mean, std = ms
+    spec = f",.{digits}f"
+    return f"{mean * scale:{spec}}" + (f" ± {std * scale:{spec}}" if std is not None else "")
+
+
+def machine() -> dict:
+    import torch
+    import torchvision
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_plots(args, rows: list[dict], work_root: Path) -> list[str]:
+    from matplotlib.figure import Figure
+
+    from entropy_ft import plots
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        (args.results / name).write_bytes(plots.png_bytes(fig))
+        written.append(name)
+
+    for arch in args.archs:
+        profile = json.loads((work_root / arch / "profile" / "profile.json").read_text())
+        selected = json.loads((work_root / arch / "select-entropy" / "selection.json").read_text())["layers"] \
+            if "entropy" in args.strategies else None
+        save(plots.entropy_figure(profile["layers"], selected=selected,
+                                  title=f"{arch}: activation entropy per conv layer, below-mean selection"),
+             f"{args.name}-{arch}-entropy.png")
+        for test in ("shipped", "dedup"):
+            series = {r["strategy"]: [r[f"{test}_accuracy_sigma_{s:g}"][0] for s in args.sigmas] for r in rows if r["arch"] == arch}
+            save(plots.line_figure(args.sigmas, series, title=f"{arch}: test accuracy under Gaussian noise ({test} test set)",
+                                   xlabel="noise sigma (pixels in [0, 1])", ylabel="accuracy (mean over seeds)"),
+                 f"{args.name}-{arch}-noise-{test}.png")
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, row in enumerate(rows):
+        acc, std = row["shipped_accuracy"]
+        ax.errorbar([row["trainable_params"][0]], [acc], yerr=[std or 0.0], fmt="o", capsize=3,
+                    color=plots.LINE_COLORS[STRATEGIES.index(row["strategy"])],
+                    label=row["strategy"] if i == [r["strategy"] for r in rows].index(row["strategy"]) else None)
+        ax.annotate(row["arch"], (row["trainable_params"][0], acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy, as shipped (mean ± std over seeds)")
+    ax.set_title("Accuracy against trainable parameters")
+    ax.legend(frameon=False)
+    save(fig, f"{args.name}-accuracy-vs-params.png")
+    return written
+
+
+def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list[str]) -> str:
+    s = meta["settings"]
+    lines = [
+        f"# Paper reproduction: entropy-selected fine-tuning on the Kaggle brain-MRI archive ({args.name})",
+        "",
+        "Generated by `benchmarks/paper.py`; do not edit by hand.",
+        "",
+        f"- Command: `{meta['command']}`",
+        f"- Started {meta['started']}, finished {meta['finished']} ({meta['wall_minutes']:.0f} min in this invocation; "
+        "runs finished by an earlier, interrupted invocation of the same command are reused)",
+        f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['memory_gib']} GiB"
+        + (f", GPU {meta['machine']['gpu']}" if "gpu" in meta["machine"] else ", no GPU")
+        + f"; Python {meta['machine']['python']}, torch {meta['machine']['torch']}, torchvision {meta['machine']['torchvision']}"
+        + f"; 1-minute load average {meta['load_at_start']} at start, {meta['load_at_end']} at end",
+        f"- Settings: {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, AdamW lr {s['lr']}, "
+        f"seeds {', '.join(map(str, range(args.seeds)))}, {s['profile_images']} profiling images (conv tap, histogram "
+        f"estimator, 256 bins), entropy rule below-mean, random = same parameter budget as entropy; training precision "
+        f"{meta['precision']} on {meta['device']}, evaluation fp32; noise sigmas {', '.join(f'{x:g}' for x in args.sigmas)}",
+        f"- Weights: {', '.join(f'{a}: {w}' for a, w in s['weights'].items())} (Imagenette state_dicts stand in for ImageNet)",
+        f"- Data: {args.archive.name}, ingested at {s['image_size']} px: "
+        + ", ".join(f"{k} {v}" for k, v in leak["totals"].items())
+        + f". Duplicate report: {leak['duplicate_summary']['exact_groups']} exact groups, "
+        f"{leak['duplicate_summary']['near_groups']} near groups, {leak['duplicate_summary']['cross_split_exact_groups']} "
+        f"exact and {leak['duplicate_summary']['cross_split_near_groups']} near groups cross splits.",
+        f"- **Deduplicated test set**: {leak['removed']} of {leak['test_images']} test images removed "
+        f"({100 * leak['removed'] / leak['test_images']:.1f}%) because they are an exact ({leak['removed_exact']}) or only a "
+        f"near ({leak['removed_near_only']}) duplicate of a train or val image; {leak['test_images'] - leak['removed']} remain. "
+        "Both test sets score the same predictions.",
+        "",
+        "Mean ± sample standard deviation over seeds. Seconds per epoch: training batches only (validation excluded). "
+        f"Peak memory: {meta['peak_memory_kind']} of the fine-tuning process, read at the end of training (before evaluation).",
+        "",
+        "## Parameters, cost and clean test metrics",
+        "",
+        "| arch | strategy | conv layers unfrozen | trainable params | reduction vs full | s / epoch | peak memory (MB) "
+        "| accuracy | macro-F1 | balanced acc. | accuracy (dedup) | macro-F1 (dedup) | balanced acc. (dedup) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']} | {r['strategy']} | {fmt(r['selected_layers'], digits=0)} | {fmt(r['trainable_params'], digits=0)} "
+            f"| {fmt(r['reduction_vs_full'], 100, 1)}% | {fmt(r['seconds_per_epoch'], digits=1)} | {fmt(r['peak_memory_mb'], digits=0)} "
+            + "".join(f"| {fmt(r[f'{t}_{m}'])} " for t in ("shipped", "dedup") for m in ("accuracy", "macro_f1", "balanced_accuracy"))
+            + "|")
+    for test, title in (("shipped", "as shipped"), ("dedup", "without duplicates of training images")):
+        lines += ["", f"## Accuracy under Gaussian noise, test set {title}", "",
+                  "| arch | strategy | " + " | ".join(f"σ={x:g}" for x in args.sigmas) + " |",
+                  "|---|---|" + "---:|" * len(args.sigmas)]
+        for r in rows:
+            lines.append(f"| {r['arch']} | {r['strategy']} | "
+                         + " | ".join(fmt(r[f"{test}_accuracy_sigma_{x:g}"]) for x in args.sigmas) + " |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots_written] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
+    started = datetime.now(timezone.utc)
+    load_at_start = round(os.getloadavg()[0], 2)
+    conf = settings(args)
+    key = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:12]
+    work_root = args.cache / "paper-runs" / key
+    work_root.mkdir(parents=True, exist_ok=True)
+    (work_root / "settings.json").write_text(json.dumps(conf, indent=2) + "\n")
+    log(f"settings {json.dumps(conf)}; runs under {work_root}")
+
+    dataset = ensure_dataset(args.archive, args.image_size, args.cache)
+    leak = leaked_test_images(dataset)
+    log(f"test set: {leak['removed']} of {leak['test_images']} images duplicate a train/val image")
+    results = run_grid(args, dataset, leak, work_root)
+    rows = aggregate(results, args.sigmas)
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    finished = datetime.now(timezone.utc)
+    meta = {
+        "command": shlex.join([".venv/bin/python", "benchmarks/paper.py", *(sys.argv[1:] if argv is None else argv)]),
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_minutes": (finished - started).total_seconds() / 60, "machine": machine(), "settings": conf,
+        "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2),
+        "device": results[0]["device"], "precision": results[0]["precision"], "peak_memory_kind": results[0]["peak_memory_kind"],
+    }
+    plots_written = write_plots(args, rows, work_root)
+    leak_json = {k: v for k, v in leak.items() if k != "keep"}
+    (args.results / f"{args.name}.json").write_text(json.dumps(
+        {"schema_version": 1, **meta, "test_dedup": leak_json, "summary": rows, "runs": results}, indent=2) + "\n")
+    (args.results / f"{args.name}.md").write_text(markdown(args, meta, rows, leak_json, plots_written))
+    log(f"wrote {args.results / (args.name + '.md')}")
+
+
+if __name__ == "__main__":
+    main()

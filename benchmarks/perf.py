@@ -1,0 +1,545 @@
+"""What each step costs, as ratios of two things measured in the same run on the same inputs.
+
+    .venv/bin/python benchmarks/perf.py [--archive PATH] [--weights-dir DIR] [--repeats 3] [--only NAME,...]
+
+Figures (medians over ``--repeats``, the two sides of a ratio measured alternately):
+
+1. ``ingest``: the whole shared Kaggle archive into Parquet at 224 px, images per second.
+2. ``loader``: the Parquet training loader against torchvision ``ImageFolder`` over the same
+   training JPEGs, images per second, with and without the training augmentation (goal >= 2x);
+   the measurement itself is ``benchmarks/ingest_loader.py``'s ``compare``.
+3. ``profile``: entropy profiling (``entropy.profile_entropy``) over a set of images against one
+   plain inference pass over the same images (goal <= 1.25).
+4. ``epoch``: training steps of the entropy (below-mean) selection against full fine-tuning
+   over the same batches, next to the ratio of backward FLOPs counted from the layer shapes,
+   and the same for memory (saved activations + gradients + AdamW state, measured on the
+   autograd graph, and the peak RSS of a fresh process per strategy).
+5. ``precision``: full fine-tuning steps with bf16 autocast and channels_last against fp32 in
+   the default (NCHW) layout.
+6. ``pipeline``: ``entropy-ft run`` through kfp.local against the same library steps called
+   directly in one process, on the same small synthetic data (goal <= 1.15).
+
+Writes ``<results>/perf.md`` and ``perf.json``. Not a test: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py beside this file
+
+DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP", ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
+FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline")
+GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15)}
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} perf: {message}", file=sys.stderr, flush=True)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in alternation so that drifting background load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- 1-2: ingest and loader
+
+
+def ingest_and_loader(args, tmp: Path, figures: set[str]) -> tuple[dict, Path]:
+    """Ingest the archive (timed ``--repeats`` times when asked) and compare the loaders over it."""
+    import ingest_loader
+
+    from entropy_ft.steps import ingest
+
+    out: dict = {}
+    dataset = tmp / "kaggle-224"
+    runs = []
+    for i in range(args.repeats if "ingest" in figures else 1):
+        target = tmp / f"ingest-{i}"
+        seconds = _timed(lambda: ingest.run(ingest.Config((str(args.archive),), str(target), image_size=224)))
+        runs.append(seconds)
+        if i == 0:
+            target.rename(dataset)
+        else:
+            subprocess.run(["rm", "-rf", str(target)], check=True)
+    from entropy_ft.data.format import load_manifest
+
+    manifest = load_manifest(dataset)
+    files = sum(s["files"] for s in manifest["sources"])
+    if "ingest" in figures:
+        seconds = statistics.median(runs)
+        out["ingest"] = {"archive": args.archive.name, "files": files, "images": sum(manifest["totals"].values()),
+                         "image_size": 224, "seconds": seconds, "runs_seconds": runs, "files_per_second": files / seconds}
+        log(f"ingest: {files} files in {seconds:.1f} s ({files / seconds:.0f} files/s)")
+    if "loader" in figures:
+        jpegs = tmp / "jpeg"
+        n = ingest_loader.extract_training_jpegs(args.archive, jpegs)
+        opts = argparse.Namespace(batch_size=64, workers=args.workers, batches=args.loader_batches, rounds=args.repeats)
+        out["loader"] = {"jpeg_files": n, "batch_size": 64, "workers": args.workers, "timed_batches": args.loader_batches,
+                         "eval": ingest_loader.compare(dataset, jpegs, opts, train=False),
+                         "train": ingest_loader.compare(dataset, jpegs, opts, train=True)}
+        log(f"loader: {json.dumps(out['loader'])}")
+    return out, dataset
+
+
+# ---------------------------------------------------------------- 3: profiling against inference
+
+
+def sample_images(dataset: Path, n: int, image_size: int):
+    import torch
+
+    from entropy_ft.data.loader import ParquetImages
+    from entropy_ft.steps.profile import stratified_indices
+
+    ds = ParquetImages(dataset, "train", image_size=image_size)
+    idx = stratified_indices(ds.labels, n, 0)
+    return torch.stack([ds.pixels(int(i)) for i in idx]), torch.as_tensor(ds.labels[idx])
+
+
+def profile_cost(args, dataset: Path) -> dict:
+    import torch
+
+    from entropy_ft.entropy import profile_entropy, tap_points
+    from entropy_ft.models import build_model
+    from entropy_ft.steps.profile import ModelInputs
+
+    images, _ = sample_images(dataset, args.profile_images, args.image_size)
+    model, _ = build_model(args.arch, 4, args.weights)
+    model = model.to(memory_format=torch.channels_last).eval()
+    batches = ModelInputs(images, 32)
+    taps = tap_points(model, args.arch, "conv")
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+
+    plain()  # warm-up: oneDNN kernel choice, allocator
+    times = alternate({"plain": plain, "profile": lambda: profile_entropy(model, taps, batches, 256, "histogram")},
+                      args.repeats)
+    result = {"arch": args.arch, "images": len(images), "image_size": args.image_size, "batch_size": 32,
+              "plain_seconds": times["plain"], "profile_seconds": times["profile"],
+              "ratio": times["profile"] / times["plain"], "forward_passes_per_profile": 2}
+    log(f"profile: {json.dumps(result)}")
+    return result
+
+
+# ---------------------------------------------------------------- 4-5: training steps
+
+
+def conv_flops(model, image_size: int) -> list[tuple[str, float]]:
+    """(module name, forward FLOPs of one image) for every conv and linear layer, in execution order."""
+    import torch
+    from torch import nn
+
+    flops: list[tuple[str, float]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, _inputs, output) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        flops.append((names[module], 2.0 * per_output * output[0].numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return flops
+
+
+def analytic_flops(flops: list[tuple[str, float]], trainable: set[str]) -> dict:
+    """Backward FLOPs of a selection: a layer's weight gradient costs its forward FLOPs when it trains;
+    its input gradient costs them again when any layer before it trains (the gradient must pass
+    through it). Forward always runs in full. BatchNorm, ReLU and pooling are ignored (under 2%)."""
+    backward, upstream = 0.0, False
+    for name, f in flops:
+        backward += f * (name in trainable) + f * upstream
+        upstream = upstream or name in trainable
+    forward = sum(f for _, f in flops)
+    return {"forward": forward, "backward": backward, "step": forward + backward}
+
+
+def selection_layers(args, dataset: Path) -> dict[str, list[str]]:
+    """Conv layers per strategy: entropy (below-mean, profiled like ``entropy-ft profile``), full, head."""
+    import torch
+
+    from entropy_ft.entropy import profile_entropy, tap_points
+    from entropy_ft.models import build_model
+    from entropy_ft.selection import layer_costs, parse_rule, select_by_entropy, strategy_layers
+    from entropy_ft.steps.profile import ModelInputs
+
+    images, _ = sample_images(dataset, args.profile_images, args.image_size)
+    model, _ = build_model(args.arch, 4, args.weights)
+    model = model.to(memory_format=torch.channels_last)
+    rows = profile_entropy(model, tap_points(model, args.arch, "conv"), ModelInputs(images, 32))
+    costs = layer_costs(model, args.arch)
+    return {"entropy": select_by_entropy({r.name: r.entropy for r in rows}, costs, parse_rule("below-mean")),
+            "full": strategy_layers("full", list(costs)), "head": strategy_layers("head", list(costs))}
+
+
+def train_steps(spec: dict) -> dict:
+    """Time ``spec['steps']`` optimizer steps over fixed batches (median of repeats), and measure memory."""
+    import torch
+    from torch import nn
+
+    from entropy_ft.data.loader import ParquetImages, to_model_input
+    from entropy_ft.freezing import apply_selection, split_frozen_prefix
+    from entropy_ft.models import build_model, trainable_module_names
+    from entropy_ft.precision import autocast
+
+    torch.manual_seed(0)
+    ds = ParquetImages(spec["dataset"], "train", image_size=spec["image_size"])
+    n = spec["steps"] * spec["batch_size"]
+    images = torch.stack([ds.pixels(i) for i in range(n)])
+    labels = torch.as_tensor(ds.labels[:n])
+    del ds  # the whole split's pixel buffer would dominate the process's memory
+    model, _ = build_model(spec["arch"], 4, spec["weights"])
+    model = model.to(memory_format=torch.channels_last if spec["channels_last"] else torch.contiguous_format)
+    modules = trainable_module_names(model, spec["arch"], spec["layers"])
+    params = apply_selection(model, modules)
+    staged = split_frozen_prefix(model, spec["arch"]).train()
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    device = torch.device("cpu")
+    saved_bytes = [0]
+    weights = {p.data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in weights:  # a parameter saved by reference costs no memory
+            saved_bytes[0] += t.numel() * t.element_size()
+        return t
+
+    def step(i: int, measure: bool = False) -> None:
+        sl = slice(i * spec["batch_size"], (i + 1) * spec["batch_size"])
+        x = to_model_input(images[sl], device, channels_last=spec["channels_last"])
+        ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else contextlib.nullcontext()
+        with ctx, autocast(device, spec["precision"]):
+            logits = staged(x)
+        loss = criterion(logits.float(), labels[sl])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    gc.collect()
+    before = rss_mb()
+    with RssPeak() as peak:
+        step(0, measure=True)  # warm-up, and the autograd graph's saved tensors of one step
+        epoch = lambda: [step(i) for i in range(spec["steps"])]  # noqa: E731
+        seconds = [_timed(epoch) for _ in range(spec["repeats"])]
+    trainable = sum(p.numel() for p in params)
+    return {"seconds": statistics.median(seconds), "runs_seconds": seconds, "trainable_params": trainable,
+            "saved_activation_mb": saved_bytes[0] / 2**20,
+            # fp32 gradient + AdamW exp_avg and exp_avg_sq per trainable parameter
+            "grad_and_optimizer_mb": trainable * 4 * 3 / 2**20,
+            "rss_before_mb": before, "peak_rss_mb": peak.mb, "peak_rss_growth_mb": peak.mb - before}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssPeak:
+    """Highest RSS seen while the block runs, sampled every 5 ms from a thread (torch releases the GIL)."""
+
+    def __enter__(self) -> RssPeak:
+        self.mb, self._stop = rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.mb = max(self.mb, rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mb = max(self.mb, rss_mb())
+
+
+def in_fresh_process(fn: Callable[[dict], dict], spec: dict) -> dict:
+    """Run ``fn(spec)`` in a new interpreter, so no allocation of an earlier measurement lingers."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, (spec,))
+
+
+def training_memory(run: dict) -> float:
+    """MB that training needs beyond inference: activations kept for backward, gradients, optimizer state."""
+    return run["saved_activation_mb"] + run["grad_and_optimizer_mb"]
+
+
+def epoch_cost(args, dataset: Path) -> dict:
+    from entropy_ft.models import build_model, trainable_module_names
+    from entropy_ft.precision import resolve_precision
+
+    import torch
+
+    layers = selection_layers(args, dataset)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    base = {"dataset": str(dataset), "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
+            "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "channels_last": True, "precision": precision}
+    model, _ = build_model(args.arch, 4, args.weights)
+    flops = conv_flops(model, args.image_size)
+    runs, analytic = {}, {}
+    for strategy in ("full", "entropy", "head"):
+        log(f"epoch: {strategy} ({len(layers[strategy])} conv layers)")
+        runs[strategy] = in_fresh_process(train_steps, {**base, "layers": layers[strategy]})
+        analytic[strategy] = analytic_flops(flops, set(trainable_module_names(model, args.arch, layers[strategy])))
+
+    result = {"arch": args.arch, "image_size": args.image_size, "batch_size": 32, "steps": args.train_steps,
+              "precision": precision, "layers": {k: len(v) for k, v in layers.items()}, "runs": runs,
+              "flops_per_image": analytic, "ratios": {}}
+    for strategy in ("entropy", "head"):
+        r, f = runs[strategy], runs["full"]
+        result["ratios"][strategy] = {
+            "time": r["seconds"] / f["seconds"],
+            "backward_flops": analytic[strategy]["backward"] / analytic["full"]["backward"],
+            "step_flops": analytic[strategy]["step"] / analytic["full"]["step"],
+            "training_memory": training_memory(r) / training_memory(f),
+            "peak_rss_growth": r["peak_rss_growth_mb"] / f["peak_rss_growth_mb"],
+            "trainable_params": r["trainable_params"] / f["trainable_params"],
+        }
+    log(f"epoch: {json.dumps(result['ratios'])}")
+    return result
+
+
+def precision_cost(args, dataset: Path) -> dict:
+    from entropy_ft.precision import cpu_has_native_bf16
+
+    base = {"dataset": str(dataset), "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
+            "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "layers": None}
+    from entropy_ft.models import build_model, conv_layers
+
+    base["layers"] = conv_layers(build_model(args.arch, 4, "none")[0], args.arch)  # full fine-tuning
+    fp32 = in_fresh_process(train_steps, {**base, "channels_last": False, "precision": "fp32"})
+    bf16 = in_fresh_process(train_steps, {**base, "channels_last": True, "precision": "bf16"})
+    result = {"arch": args.arch, "image_size": args.image_size, "strategy": "full", "native_bf16": cpu_has_native_bf16(),
+              "fp32_nchw_seconds": fp32["seconds"], "bf16_channels_last_seconds": bf16["seconds"],
+              "speedup": fp32["seconds"] / bf16["seconds"],
+              "peak_rss_growth_ratio": bf16["peak_rss_growth_mb"] / fp32["peak_rss_growth_mb"]}
+    log(f"precision: {json.dumps(result)}")
+    return result
+
+
+# ---------------------------------------------------------------- 6: orchestration overhead
+
+
+def direct_pipeline(spec: dict) -> dict:
+    """The training pipeline's steps called in this process, as the KFP components call them."""
+    os.environ["ENTROPY_FT_HOME"] = spec["root"]
+    os.environ["ENTROPY_FT_NO_PROGRESS"] = "1"
+    from entropy_ft import tracking
+    from entropy_ft.steps import evaluate, finetune, ingest, profile, register, select
+
+    root, a = Path(spec["root"]), spec["arguments"]
+    started = time.perf_counter()
+    ingest.run(ingest.Config((a["data"],), str(root / "dataset"), image_size=a["image_size"], seed=a["seed"]))
+    profile.run(profile.Config(str(root / "dataset"), a["arch"], a["weights"], str(root / "profile"),
+                               images=a["profile_images"], seed=a["seed"]))
+    select.run(select.Config(str(root / "profile"), a["strategy"], str(root / "selection"), rule=a["rule"], seed=a["seed"]))
+    run_id = tracking.ensure_run(None, "perf-direct", tracking.pipeline_tags(None, None, "direct"))
+    finetune.run(finetune.Config(dataset=str(root / "dataset"), selection=str(root / "selection" / "selection.json"),
+                                 out=str(root / "model"), epochs=a["epochs"], batch_size=a["batch_size"], seed=a["seed"]),
+                 on_epoch_end=tracking.epoch_logger(run_id))
+    evaluate.run(evaluate.Config(str(root / "model"), str(root / "dataset"), str(root / "eval"), seed=a["seed"]))
+    register.run(register.Config(model=str(root / "model"), eval=str(root / "eval" / "eval.json"),
+                                 model_name=a["model_name"], run_id=run_id, profile=str(root / "profile" / "profile.json"),
+                                 selection=str(root / "selection" / "selection.json")))
+    return {"seconds": time.perf_counter() - started}
+
+
+def pipeline_cost(args, tmp: Path) -> dict:
+    arguments = {"data": f"synthetic:{args.pipeline_images}", "image_size": 64, "arch": args.arch, "weights": args.weights,
+                 "profile_images": 128, "strategy": "entropy", "rule": "below-mean", "seed": 0,
+                 "epochs": args.pipeline_epochs, "batch_size": 32, "model_name": "perf"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ENTROPY_FT_HOME")}
+    env["ENTROPY_FT_NO_PROGRESS"] = "1"
+    cli = [sys.executable, "-m", "entropy_ft.cli", "run", "--root"]
+    flags = ["--data", arguments["data"], "--image-size", "64", "--arch", args.arch, "--weights", args.weights,
+             "--profile-images", "128", "--strategy", "entropy", "--rule", "below-mean", "--seed", "0",
+             "--epochs", str(args.pipeline_epochs), "--batch-size", "32", "--model-name", "perf"]
+    kfp_times, direct_times = [], []
+    for i in range(args.repeats):
+        root = tmp / f"kfp-{i}"
+        started = time.perf_counter()
+        proc = subprocess.run([*cli, str(root), *flags], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"entropy-ft run failed:\n{proc.stderr[-3000:]}")
+        kfp_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        in_fresh_process(direct_pipeline, {"root": str(tmp / f"direct-{i}"), "arguments": arguments})
+        direct_times.append(time.perf_counter() - started)
+        log(f"pipeline round {i + 1}: kfp.local {kfp_times[-1]:.1f} s, direct {direct_times[-1]:.1f} s")
+    kfp, direct = statistics.median(kfp_times), statistics.median(direct_times)
+    return {"arguments": arguments, "command": shlex.join(["entropy-ft", "run", "--root", "ROOT", *flags]),
+            "kfp_local_seconds": kfp, "direct_seconds": direct, "ratio": kfp / direct,
+            "kfp_runs": kfp_times, "direct_runs": direct_times, "overhead_seconds": kfp - direct}
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdict(value: float, goal: tuple[str, float]) -> str:
+    op, target = goal
+    ok = value <= target if op == "<=" else value >= target
+    return f"{'meets' if ok else 'misses'} goal {op} {target:g}"
+
+
+def row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(meta: dict, r: dict) -> str:
+    m = meta["machine"]
+    lines = ["# Performance: what each step costs, as ratios measured side by side", "",
+             "Generated by `benchmarks/perf.py`; do not edit by hand.", "",
+             f"- Command: `{meta['command']}`",
+             f"- Date: {meta['started']} to {meta['finished']}",
+             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; Python {m['python']}, "
+             f"torch {m['torch']}, torchvision {m['torchvision']}; load average at start {meta['load_at_start']}",
+             f"- Medians over {meta['repeats']} repeats; the two sides of each ratio run alternately in the same "
+             "process run, on the same inputs.", "",
+             "| figure | measured | ratio | goal |", "|---|---|---:|---|"]
+    if "ingest" in r:
+        i = r["ingest"]
+        lines.append(row(f"ingest whole Kaggle archive ({i['files']} files, {i['image_size']} px)", f"{i['seconds']:.1f} s",
+                         f"{i['files_per_second']:.0f} files/s", ""))
+    for kind, label in (("eval", "no augmentation"), ("train", "training augmentation")):
+        if "loader" in r:
+            x = r["loader"][kind]
+            lines.append(row(f"Parquet loader / ImageFolder over the same JPEGs, {label}",
+                             f"{x['parquet_images_per_s']:.0f} vs {x['imagefolder_images_per_s']:.0f} images/s",
+                             f"{x['speedup']:.2f}x", verdict(x["speedup"], GOALS["loader_" + kind])))
+    if "profile" in r:
+        x = r["profile"]
+        lines.append(row(f"entropy profiling / plain inference ({x['images']} images, {x['image_size']} px, {x['arch']})",
+                         f"{x['profile_seconds']:.2f} vs {x['plain_seconds']:.2f} s", f"{x['ratio']:.2f}",
+                         verdict(x["ratio"], GOALS["profile"])))
+    for s in ("entropy", "head"):
+        if "epoch" in r:
+            x, full = r["epoch"], r["epoch"]["runs"]["full"]
+            q, run = x["ratios"][s], x["runs"][s]
+            lines.append(row(f"training step time, {s} / full ({x['layers'][s]} vs {x['layers']['full']} conv layers, "
+                             f"{x['precision']})", f"{run['seconds']:.2f} vs {full['seconds']:.2f} s", f"{q['time']:.2f}",
+                             f"analytic: backward FLOPs {q['backward_flops']:.2f}, whole step FLOPs {q['step_flops']:.2f}"))
+            lines.append(row(f"training memory, {s} / full (saved activations + gradients + AdamW state)",
+                             f"{training_memory(run):.0f} vs {training_memory(full):.0f} MB", f"{q['training_memory']:.2f}",
+                             f"measured peak RSS growth while training: ratio {q['peak_rss_growth']:.2f} "
+                             f"({run['peak_rss_growth_mb']:.0f} vs {full['peak_rss_growth_mb']:.0f} MB)"))
+    if "precision" in r:
+        x = r["precision"]
+        lines.append(row(f"full fine-tuning step, fp32 NCHW / bf16 autocast + channels_last (native bf16: {x['native_bf16']})",
+                         f"{x['fp32_nchw_seconds']:.2f} vs {x['bf16_channels_last_seconds']:.2f} s",
+                         f"{x['speedup']:.2f}x faster with bf16", ""))
+    if "pipeline" in r:
+        x = r["pipeline"]
+        lines.append(row("`entropy-ft run` via kfp.local / the same steps in one process",
+                         f"{x['kfp_local_seconds']:.1f} vs {x['direct_seconds']:.1f} s", f"{x['ratio']:.2f}",
+                         verdict(x["ratio"], GOALS["pipeline"])))
+    lines += ["", "## Settings", ""]
+    for name, x in r.items():
+        settings = {k: v for k, v in x.items() if not isinstance(v, (dict, list)) or k == "arguments"}
+        lines.append(f"- {name}: `{json.dumps(settings)}`")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    import torch
+    import torchvision
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from entropy_ft.data.decode_pool import default_workers
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
+    p.add_argument("--image-size", type=int, default=128, help="model input side for profiling and training steps")
+    p.add_argument("--profile-images", type=int, default=256)
+    p.add_argument("--train-steps", type=int, default=8, help="optimizer steps (batch 32) per timed repeat")
+    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers for the loader figure")
+    p.add_argument("--loader-batches", type=int, default=20)
+    p.add_argument("--pipeline-images", type=int, default=400, help="synthetic images for the pipeline figure")
+    p.add_argument("--pipeline-epochs", type=int, default=2)
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    figures = {f.strip() for f in args.only.split(",") if f.strip()}
+    if figures - set(FIGURES):
+        p.error(f"--only: unknown {sorted(figures - set(FIGURES))}")
+    args.weights = str(args.weights_dir / f"{args.arch}-imagenette.pt")
+    os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
+    started = datetime.now(timezone.utc)
+    load = os.getloadavg()[0]
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-") as name:
+        tmp = Path(name)
+        out, dataset = ingest_and_loader(args, tmp, figures)
+        results.update(out)
+        if "profile" in figures:
+            results["profile"] = profile_cost(args, dataset)
+        if "epoch" in figures:
+            results["epoch"] = epoch_cost(args, dataset)
+        if "precision" in figures:
+            results["precision"] = precision_cost(args, dataset)
+        if "pipeline" in figures:
+            results["pipeline"] = pipeline_cost(args, tmp)
+    finished = datetime.now(timezone.utc)
+    meta = {"command": shlex.join([".venv/bin/python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)]),
+            "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "repeats": args.repeats, "load_at_start": round(load, 2)}
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "perf.json").write_text(json.dumps({"schema_version": 1, **meta, "results": results}, indent=2) + "\n")
+    (args.results / "perf.md").write_text(markdown(meta, results))
+    log(f"wrote {args.results / 'perf.md'}")
+
+
+if __name__ == "__main__":
+    main()
