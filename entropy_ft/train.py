@@ -27,29 +27,28 @@ batch boundary and exits with 143.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import storage
+from .checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from .data.loader import LoaderConfig, make_loader, to_model_input
 from .data.resumable import epoch_seed, make_train_loader
 from .errors import UserError
 from .evaluate import accuracy, confusion_matrix, macro_f1, predict
 from .freezing import apply_selection, split_frozen_prefix
 from .logs import log, progress_bar
+from .preemption import Preempted, StopFlag
 from .precision import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 
 WARMUP_FRACTION = 0.05
-SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -103,40 +102,6 @@ class TrainResult:
     precision: str
     trainable_params: int
     seconds: float
-
-
-class Preempted(SystemExit):
-    """Raised after a SIGTERM once the checkpoint is written: the process exits 143 (128 + SIGTERM)."""
-
-    def __init__(self) -> None:
-        super().__init__(SIGTERM_EXIT_CODE)
-
-
-@dataclass
-class StopFlag:
-    """Set by the SIGTERM handler; the loop checks it at every batch boundary."""
-
-    requested: bool = False
-
-
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[StopFlag]:
-    """Turn SIGTERM into a request to checkpoint and stop, for the duration of the block."""
-    flag = StopFlag()
-
-    def handler(signum, _frame) -> None:
-        log.warning("received signal %d: checkpointing at the next batch boundary", signum)
-        flag.requested = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: the caller owns signal handling
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -219,6 +184,8 @@ def train(
     saved = load_checkpoint(checkpoint_dir, fingerprint) if (resume and checkpoint_dir) else None
     if resume and checkpoint_dir and saved is None:
         log.info("--resume: no checkpoint in %s yet, starting from the beginning", checkpoint_dir)
+    elif not resume and checkpoint_dir and storage.exists(checkpoint_uri(checkpoint_dir)):
+        log.warning("starting afresh: the checkpoint in %s will be overwritten (pass --resume to continue it)", checkpoint_dir)
     best_state: dict[str, torch.Tensor] | None = None
     if saved is not None:
         model.load_state_dict(saved["model"])

@@ -11,7 +11,8 @@ from entropy_ft.checkpoint import load_checkpoint, save_checkpoint
 from entropy_ft.errors import UserError
 from entropy_ft.freezing import apply_selection, frozen_batchnorms, split_frozen_prefix
 from entropy_ft.precision import resolve_device, resolve_precision
-from entropy_ft.train import Preempted, StopFlag, TrainConfig, lr_factor, train
+from entropy_ft.preemption import Preempted, StopFlag
+from entropy_ft.train import TrainConfig, lr_factor, train
 from selection_factory import CLASSES, selection_doc
 
 

@@ -22,7 +22,8 @@ from ..errors import UserError
 from ..logs import log
 from ..model_dir import save_model_dir
 from ..models import build_model, count_params, trainable_module_names
-from ..train import EpochCallback, TrainConfig, TrainResult, stop_on_sigterm, train
+from ..preemption import stop_on_sigterm
+from ..train import EpochCallback, TrainConfig, TrainResult, train
 
 MODEL_INPUT = "uint8 HxW or HxWx3 pixels, resized to image_size, replicated to 3 channels, /255, ImageNet mean/std"
 HISTORY_FILE = "history.json"
