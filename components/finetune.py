@@ -12,8 +12,10 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
     from entropy_ft.components import kfp_io
     from entropy_ft.steps import finetune as step
 
+    checkpoint_dir = kfp_io.checkpoint_dir(model.uri)
     cfg = step.Config(dataset=dataset.path, selection=str(Path(selection.path, "selection.json")), out=model.path,
-                      epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+                      epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None)
     if track:
         from entropy_ft import tracking
 

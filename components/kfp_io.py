@@ -6,7 +6,9 @@ must not import kfp at module level.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -29,3 +31,16 @@ def log_numbers(metrics, values: dict, prefix: str = "") -> None:
             log_numbers(metrics, value, prefix=f"{name}_")
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(name, float(value))
+
+
+def checkpoint_dir(output_uri: str) -> str | None:
+    """Where finetune checkpoints on a cluster: ``$ENTROPY_FT_CHECKPOINT_ROOT/<task key>``.
+
+    The key hashes the task's output URI, which KFP keeps across retries of the same task and
+    makes unique per run and ParallelFor branch, so a retried (preempted) pod finds its own
+    checkpoint and resumes. Without the variable (local runs) the step's default is used.
+    """
+    root = os.environ.get("ENTROPY_FT_CHECKPOINT_ROOT", "").strip()
+    if not root:
+        return None
+    return f"{root.rstrip('/')}/{hashlib.sha256(output_uri.encode()).hexdigest()[:20]}"

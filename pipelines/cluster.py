@@ -67,8 +67,12 @@ def talks_to_mlflow(task, opts: ClusterOptions) -> None:
 
 
 def trains(task, opts: ClusterOptions) -> None:
-    """The fine-tuning pod: a GPU, CPU and memory for the DataLoader, a big /dev/shm, placement."""
+    """The fine-tuning pod: a GPU, CPU and memory for the DataLoader, a big /dev/shm, placement,
+    and a checkpoint location that outlives the pod (a retry after preemption resumes)."""
     from kfp import kubernetes
+
+    kubernetes.use_config_map_as_env(task, config_map_name=opts.settings_configmap, optional=True,
+                                     config_map_key_to_env={"ENTROPY_FT_CHECKPOINT_ROOT": "ENTROPY_FT_CHECKPOINT_ROOT"})
 
     if opts.gpus > 0:
         task.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)

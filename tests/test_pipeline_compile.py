@@ -118,3 +118,19 @@ def test_pipeline_parameters_are_the_flag_table(compiled, name):
     assert set(declared) == set(table)
     for key, default in table.items():
         assert declared[key]["defaultValue"] == default, key
+
+
+def test_finetune_checkpoints_outlive_the_pod(compiled, monkeypatch):
+    """On a cluster finetune checkpoints under ENTROPY_FT_CHECKPOINT_ROOT, keyed by its output URI."""
+    from entropy_ft.components.kfp_io import checkpoint_dir
+
+    _, _, platform = compiled["training"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    keys = {k["envVar"] for cm in k8s["configMapAsEnv"] for k in cm["keyToEnv"]}
+    assert "ENTROPY_FT_CHECKPOINT_ROOT" in keys
+    monkeypatch.delenv("ENTROPY_FT_CHECKPOINT_ROOT", raising=False)
+    assert checkpoint_dir("s3://b/run-1/finetune/model") is None  # local runs keep the step's default
+    monkeypatch.setenv("ENTROPY_FT_CHECKPOINT_ROOT", "s3://b/checkpoints/")
+    first = checkpoint_dir("s3://b/run-1/finetune/model")
+    assert first.startswith("s3://b/checkpoints/") and first == checkpoint_dir("s3://b/run-1/finetune/model")
+    assert first != checkpoint_dir("s3://b/run-1/for-loop-1-iteration-1/finetune/model")
