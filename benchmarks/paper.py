@@ -155,12 +155,14 @@ def fine_tune_and_score(spec: dict) -> None:
     import torch
 
     from entropy_ft import storage
+    from entropy_ft.logs import setup_logging
     from entropy_ft.data.loader import LoaderConfig, make_loader
     from entropy_ft.evaluate import classification_metrics, noise_generator, predict
     from entropy_ft.model_dir import load_model_dir
     from entropy_ft.precision import resolve_device
     from entropy_ft.steps import finetune
 
+    setup_logging()  # the library's per-epoch lines on stderr
     started = time.perf_counter()
     device = resolve_device(spec["device"])
     if device.type == "cuda":

@@ -521,8 +521,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-") as name:
         tmp = Path(name)
-        out, dataset = ingest_and_loader(args, tmp, figures)
-        results.update(out)
+        if figures - {"pipeline"}:
+            out, dataset = ingest_and_loader(args, tmp, figures)
+            results.update(out)
         if "profile" in figures:
             results["profile"] = profile_cost(args, dataset)
         if "epoch" in figures:
