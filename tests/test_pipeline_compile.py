@@ -134,3 +134,15 @@ def test_finetune_checkpoints_outlive_the_pod(compiled, monkeypatch):
     first = checkpoint_dir("s3://b/run-1/finetune/model")
     assert first.startswith("s3://b/checkpoints/") and first == checkpoint_dir("s3://b/run-1/finetune/model")
     assert first != checkpoint_dir("s3://b/run-1/for-loop-1-iteration-1/finetune/model")
+
+
+def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
+    from entropy_ft.steps.run import absolute_paths
+
+    (tmp_path / "data.zip").write_bytes(b"")
+    (tmp_path / "w.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    fixed = absolute_paths({"data": "data.zip, s3://b/x,synthetic:40", "weights": "w.pt", "arch": "resnet18"})
+    assert fixed == {"data": f"{tmp_path}/data.zip,s3://b/x,synthetic:40", "weights": f"{tmp_path}/w.pt",
+                     "arch": "resnet18"}
+    assert absolute_paths({"weights": "imagenet"}) == {"weights": "imagenet"}

@@ -44,12 +44,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(args.pipeline, args.root, arguments_from_args(args, args.pipeline))
 
 
+def absolute_paths(arguments: dict) -> dict:
+    """Local data and weight paths made absolute: components may run in another working directory."""
+    def fix(value: str) -> str:
+        return str(Path(value).resolve()) if Path(value).exists() else value
+
+    out = dict(arguments)
+    if "data" in out:
+        out["data"] = ",".join(fix(s.strip()) for s in str(out["data"]).split(",") if s.strip())
+    if "weights" in out:
+        out["weights"] = fix(str(out["weights"]))
+    return out
+
+
 def run(cfg: Config) -> dict:
     from .. import tracking
     from ..pipelines.local import run_local
 
-    log.info("running the %s pipeline locally with %s", cfg.pipeline, json.dumps(cfg.arguments))
-    result = run_local(cfg.pipeline, cfg.arguments, Path(cfg.root))
+    arguments = absolute_paths(cfg.arguments)
+    log.info("running the %s pipeline locally with %s", cfg.pipeline, json.dumps(arguments))
+    result = run_local(cfg.pipeline, arguments, Path(cfg.root))
     uri = tracking.tracking_uri()
     for name, path in result["outputs"].items():
         log.info("%-12s %s", name, path)
