@@ -23,8 +23,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
 
-# Benchmarks on the real data beside the checkout (../shared); CPU defaults take about 1.5 to 2 hours
-# on 2 cores. Results go to benchmarks/results/ (see docs/benchmarks.md); run on an idle machine.
+# Benchmarks on the real data beside the checkout (../shared); the CPU defaults take about 50 minutes
+# on an idle 2-core machine. Results go to benchmarks/results/ (see docs/benchmarks.md); run on an idle machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/paper.py
 	$(BIN)/python benchmarks/perf.py
