@@ -111,6 +111,20 @@ def settings(args: argparse.Namespace) -> dict:
             "weights": {a: Path(weights_for(args, a)).name if args.weights is None else args.weights for a in args.archs}}
 
 
+def arch_dirs(runs: Path, conf: dict) -> dict[str, Path]:
+    """One run folder per architecture, named by the hash of the settings that decide its results
+    (its own weights, not the other architectures'), so adding an architecture to ``--archs``
+    reuses the finished runs of the others and changed settings never do."""
+    dirs = {}
+    for arch, weights in conf["weights"].items():
+        own = {**conf, "arch": arch, "weights": weights}
+        key = hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:12]
+        dirs[arch] = runs / f"{arch}-{key}"
+        dirs[arch].mkdir(parents=True, exist_ok=True)
+        (dirs[arch] / "settings.json").write_text(json.dumps(own, indent=2) + "\n")
+    return dirs
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -243,15 +257,15 @@ def prepare_arch(args, arch: str, dataset: Path, work: Path) -> dict[tuple[str, 
     return selections
 
 
-def run_grid(args, dataset: Path, leak: dict, work_root: Path) -> list[dict]:
+def run_grid(args, dataset: Path, leak: dict, work_dirs: dict[str, Path]) -> list[dict]:
     results = []
     jobs = [(arch, strategy, seed) for arch in args.archs for seed in range(args.seeds) for strategy in args.strategies]
     selections = {}
     for arch in args.archs:
-        selections[arch] = prepare_arch(args, arch, dataset, work_root / arch)
+        selections[arch] = prepare_arch(args, arch, dataset, work_dirs[arch])
     done_times: list[float] = []
     for k, (arch, strategy, seed) in enumerate(jobs, 1):
-        work = work_root / arch
+        work = work_dirs[arch]
         result_path = work / f"result-{strategy}-s{seed}.json"
         if not result_path.is_file():
             eta = f", about {statistics.mean(done_times) * (len(jobs) - k + 1) / 60:.0f} min left" if done_times else ""
@@ -319,7 +333,7 @@ def machine() -> dict:
     return info
 
 
-def write_plots(args, rows: list[dict], work_root: Path) -> list[str]:
+def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]:
     from matplotlib.figure import Figure
 
     from entropy_ft import plots
@@ -331,8 +345,8 @@ def write_plots(args, rows: list[dict], work_root: Path) -> list[str]:
         written.append(name)
 
     for arch in args.archs:
-        profile = json.loads((work_root / arch / "profile" / "profile.json").read_text())
-        selected = json.loads((work_root / arch / "select-entropy" / "selection.json").read_text())["layers"] \
+        profile = json.loads((work_dirs[arch] / "profile" / "profile.json").read_text())
+        selected = json.loads((work_dirs[arch] / "select-entropy" / "selection.json").read_text())["layers"] \
             if "entropy" in args.strategies else None
         save(plots.entropy_figure(profile["layers"], selected=selected,
                                   title=f"{arch}: activation entropy per conv layer, below-mean selection"),
@@ -368,7 +382,7 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
         "",
         f"- Command: `{meta['command']}`",
         f"- Started {meta['started']}, finished {meta['finished']} ({meta['wall_minutes']:.0f} min in this invocation; "
-        "runs finished by an earlier, interrupted invocation of the same command are reused)",
+        "runs finished by an earlier invocation with the same settings for that architecture are reused)",
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['memory_gib']} GiB"
         + (f", GPU {meta['machine']['gpu']}" if "gpu" in meta["machine"] else ", no GPU")
         + f"; Python {meta['machine']['python']}, torch {meta['machine']['torch']}, torchvision {meta['machine']['torchvision']}"
@@ -420,16 +434,13 @@ def main(argv: list[str] | None = None) -> None:
     started = datetime.now(timezone.utc)
     load_at_start = round(os.getloadavg()[0], 2)
     conf = settings(args)
-    key = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:12]
-    work_root = args.cache / "paper-runs" / key
-    work_root.mkdir(parents=True, exist_ok=True)
-    (work_root / "settings.json").write_text(json.dumps(conf, indent=2) + "\n")
-    log(f"settings {json.dumps(conf)}; runs under {work_root}")
+    work_dirs = arch_dirs(args.cache / "paper-runs", conf)
+    log(f"settings {json.dumps(conf)}; runs under {', '.join(str(d) for d in work_dirs.values())}")
 
     dataset = ensure_dataset(args.archive, args.image_size, args.cache)
     leak = leaked_test_images(dataset)
     log(f"test set: {leak['removed']} of {leak['test_images']} images duplicate a train/val image")
-    results = run_grid(args, dataset, leak, work_root)
+    results = run_grid(args, dataset, leak, work_dirs)
     rows = aggregate(results, args.sigmas)
 
     args.results.mkdir(parents=True, exist_ok=True)
@@ -441,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2),
         "device": results[0]["device"], "precision": results[0]["precision"], "peak_memory_kind": results[0]["peak_memory_kind"],
     }
-    plots_written = write_plots(args, rows, work_root)
+    plots_written = write_plots(args, rows, work_dirs)
     leak_json = {k: v for k, v in leak.items() if k != "keep"}
     (args.results / f"{args.name}.json").write_text(json.dumps(
         {"schema_version": 1, **meta, "test_dedup": leak_json, "summary": rows, "runs": results}, indent=2) + "\n")
