@@ -78,3 +78,64 @@ def test_rejects_too_few_synthetic_images(tmp_path):
 def test_missing_dataset_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no manifest.json"):
         load_manifest(tmp_path)
+
+
+def _real_mri(kaggle_zip, size: int = 96):
+    """One real Kaggle MRI slice as a uint8 1xHxW tensor (grayscale, resized)."""
+    import zipfile
+
+    import torch
+    from PIL import Image
+
+    with zipfile.ZipFile(kaggle_zip) as zf:
+        name = next(n for n in sorted(zf.namelist()) if n.startswith("Training/glioma/") and n.lower().endswith(".jpg"))
+        with zf.open(name) as f:
+            gray = Image.open(f).convert("L").resize((size, size))
+    return torch.from_numpy(np.asarray(gray).copy())[None]
+
+
+def test_augmenting_one_channel_is_augmenting_three_equal_channels(kaggle_zip):
+    """The loader augments grayscale rows before copying them to 3 channels: same pixels, a third of the work."""
+    import torch
+
+    from entropy_ft.data.loader import augment, to_rgb, train_augmentation
+
+    gray, aug = _real_mri(kaggle_zip), train_augmentation()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        one = augment(gray, aug)
+        torch.manual_seed(seed)
+        three = augment(to_rgb(gray), aug)
+        assert one.shape == gray.shape and three.shape == (3, *gray.shape[1:])
+        assert torch.equal(to_rgb(one), three), seed
+        assert not torch.equal(one, gray)  # it did change the image
+
+
+def test_pillow_augmentation_is_torchvisions_tensor_transform(kaggle_zip):
+    """Same random parameters, same warp: Pillow and the tensor kernels differ only by rounding."""
+    import torch
+
+    from entropy_ft.data.loader import augment, train_augmentation
+
+    gray, aug = _real_mri(kaggle_zip), train_augmentation()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        pillow = augment(gray, aug).int()
+        torch.manual_seed(seed)
+        tensor = aug(gray).int()
+        diff = (pillow - tensor).abs()
+        assert diff.float().mean() < 0.5, (seed, diff.float().mean())
+        assert (diff > 16).float().mean() < 0.01, seed
+
+
+def test_augmented_training_rows_are_three_channel_uint8(synthetic_dataset):
+    import torch
+
+    from entropy_ft.data.loader import train_augmentation
+
+    ds = ParquetImages(synthetic_dataset, "train", transform=train_augmentation())
+    torch.manual_seed(0)
+    img, _ = ds[0]
+    assert img.dtype == torch.uint8 and img.shape == (3, 32, 32) and img.is_contiguous()
+    assert torch.equal(img[0], img[2])
+    assert not torch.equal(img, ds.pixels(0))  # augmented, not the stored row

@@ -60,12 +60,11 @@ class SeededAugment(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key
-        img = self.images.pixels(index)
         if self.transform is None:
-            return img, int(self.images.labels[index])
+            return self.images.pixels(index), int(self.images.labels[index])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            img = self.transform(img)
+            img = self.images.augmented(index, self.transform)
         return img, int(self.images.labels[index])
 
 
