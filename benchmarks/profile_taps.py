@@ -5,8 +5,9 @@ Usage: python benchmarks/profile_taps.py DATASET WEIGHTS [--arch resnet18] [--im
 
 For each tap (conv, bn, relu) and estimator it profiles the same seeded image subset,
 applies the default ``below-mean`` rule and reports ``reduction_vs_full``. Timing: one
-plain inference pass over the images against one profile (two passes plus hooks), best
-of ``--repeats``; it also profiles twice and says whether the results are identical.
+plain inference pass over the images against one profile (one forward pass plus hooks for
+the histogram estimator, two for channel), best of ``--repeats``; it also profiles twice
+and says whether the results are identical.
 Not run in CI.
 """
 
