@@ -21,3 +21,4 @@ def evaluate_noise(model: Input[Model], dataset: Input[Dataset], noise: str, see
     for row in report["noise"]:
         metrics.log_metric(f"accuracy_sigma_{row['sigma']:g}", float(row["accuracy"]))
     confusion.log_confusion_matrix(report["classes"], report["confusion_matrix"])
+    kfp_io.before_exit()

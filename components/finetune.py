@@ -27,4 +27,5 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
         run_id, summary = "", step.run(cfg)
     kfp_io.log_numbers(metrics, {k: v for k, v in summary.items() if k not in ("seed",)})
     model.metadata.update({"arch": summary["arch"], "strategy": summary["strategy"], "mlflow_run_id": run_id})
+    kfp_io.before_exit()
     return run_id

@@ -20,3 +20,4 @@ def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int,
     kfp_io.log_numbers(metrics, {"images": summary["images"], "quarantined": summary["quarantined"],
                                  **{f"{k}_images": v for k, v in manifest["totals"].items()}})
     dataset.metadata.update({"classes": manifest["classes"], "totals": manifest["totals"]})
+    kfp_io.before_exit()

@@ -14,3 +14,4 @@ def profile_entropy(dataset: Input[Dataset], arch: str, weights: str, images: in
     kfp_io.publish_html(profile.path, "profile", chart.path)
     kfp_io.log_numbers(metrics, {k: summary[k] for k in ("layers", "num_images", "entropy_mean", "entropy_min",
                                                          "entropy_max", "seconds")})
+    kfp_io.before_exit()

@@ -9,6 +9,7 @@ def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Ar
     """Register a new model version; ``champion`` moves only as ``promote`` allows. Returns the version."""
     from pathlib import Path
 
+    from entropy_ft.components import kfp_io
     from entropy_ft.reports import registration_markdown
     from entropy_ft.steps import register as step
 
@@ -18,4 +19,5 @@ def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Ar
         profile=str(Path(profile.path, "profile.json")), selection=str(Path(selection.path, "selection.json")),
     ))
     Path(report.path).write_text(registration_markdown(summary))
+    kfp_io.before_exit()
     return str(summary["version"])

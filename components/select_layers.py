@@ -14,4 +14,5 @@ def select_layers(profile: Input[Artifact], strategy: str, rule: str, seed: int,
     kfp_io.publish_html(selection.path, "selection", chart.path)
     kfp_io.log_numbers(metrics, {k: v for k, v in summary.items() if k != "seed"})
     selection.metadata.update({"strategy": strategy, "trainable_params": summary["trainable_params"]})
+    kfp_io.before_exit()
     return int(summary["trainable_params"])

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from . import storage
+from .archs import Backbone, check_arch, check_num_classes, head_module_name
 from .errors import UserError
 
 ARCHITECTURES = {
@@ -41,27 +42,15 @@ class WeightsInfo:
         return {"weights": self.source, "weights_sha256": self.sha256}
 
 
-def check_arch(arch: str) -> str:
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return arch
-
-
 def head_prefix(arch: str) -> str:
     """State-dict prefix of the classifier head that is replaced for the new classes."""
     return "fc." if check_arch(arch).startswith("resnet") else "classifier."
 
 
-def head_module_name(arch: str) -> str:
-    """Module name of the trainable head (for SqueezeNet it is a 1x1 Conv2d, not a backbone layer)."""
-    return "fc" if check_arch(arch).startswith("resnet") else "classifier.1"
-
-
 def build_model(arch: str, num_classes: int, weights: str) -> tuple[nn.Module, WeightsInfo]:
     """A torchvision ``arch`` with a ``num_classes`` head and backbone weights from ``weights``."""
     check_arch(arch)
-    if num_classes < 2:
-        raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
+    check_num_classes(num_classes)
     ctor, _ = ARCHITECTURES[arch]
     model = ctor(weights=None, num_classes=num_classes)
     if weights == "none":
@@ -174,24 +163,23 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
+def backbone(model: nn.Module, arch: str) -> Backbone:
+    """The parameter accounting of a built ``arch`` model, counted on its modules
+    (:func:`entropy_ft.archs.backbone` gives the same from tables, without torch)."""
+    pairs = conv_bn_pairs(model)
+    convs = tuple((name, pairs.get(name), count_trainable(model, [name, pairs[name]] if name in pairs else [name]))
+                  for name in conv_layers(model, arch))
+    head = head_module_name(arch)
+    return Backbone(arch, convs, head, count_trainable(model, [head]), count_params(model))
+
+
 def trainable_module_names(model: nn.Module, arch: str, layers: list[str]) -> list[str]:
     """Modules a selection trains: each selected conv, the BatchNorm right after it, and the head.
 
     Selecting every conv gives full fine-tuning: in the supported architectures every
     parameter belongs to a conv, its BatchNorm or the head.
     """
-    known = set(conv_layers(model, arch))
-    unknown = [name for name in layers if name not in known]
-    if unknown:
-        raise UserError(f"selection names layers that {arch} does not have: {unknown[:5]}")
-    pairs = conv_bn_pairs(model)
-    names: list[str] = []
-    for name in layers:
-        names.append(name)
-        if name in pairs:
-            names.append(pairs[name])
-    names.append(head_module_name(arch))
-    return names
+    return backbone(model, arch).trainable_modules(layers)
 
 
 def count_trainable(model: nn.Module, module_names: list[str]) -> int:

@@ -15,11 +15,12 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .models import conv_bn_pairs, conv_layers, count_params, count_trainable, trainable_module_names
+
+if TYPE_CHECKING:  # the rules need no torch: `entropy-ft select` counts with entropy_ft.archs
+    from torch import nn
 
 STRATEGIES = ("entropy", "full", "head", "random")
 DEFAULT_RULE = "below-mean"
@@ -56,11 +57,9 @@ def parse_rule(text: str) -> Rule:
 
 def layer_costs(model: nn.Module, arch: str) -> dict[str, int]:
     """Backbone convs in forward order -> parameters that unfreezing each one trains (conv + its BatchNorm)."""
-    pairs = conv_bn_pairs(model)
-    return {
-        name: count_trainable(model, [name, pairs[name]] if name in pairs else [name])
-        for name in conv_layers(model, arch)
-    }
+    from .models import backbone
+
+    return backbone(model, arch).costs
 
 
 def select_by_entropy(entropy: Mapping[str, float], costs: Mapping[str, int], rule: Rule) -> list[str]:
@@ -125,13 +124,6 @@ def accounting(model: nn.Module, arch: str, layers: Sequence[str]) -> dict:
     architectures each one belongs to a conv, its BatchNorm or the head (the tests check
     that the ``full`` strategy's own count agrees).
     """
-    modules = trainable_module_names(model, arch, list(layers))
-    trainable = count_trainable(model, modules)
-    full = count_params(model)  # every parameter belongs to a conv, its BatchNorm or the head
-    return {
-        "trainable_modules": modules,
-        "trainable_params": trainable,
-        "total_params": full,
-        "full_params": full,
-        "reduction_vs_full": 1.0 - trainable / full,
-    }
+    from .models import backbone
+
+    return backbone(model, arch).accounting(layers)

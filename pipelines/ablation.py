@@ -17,7 +17,7 @@ D = {p.name: p.default for p in PARAMS}
 
 
 def build_ablation(opts: "ClusterOptions | None" = None):
-    c = make_components(opts or ClusterOptions())
+    c = make_components(opts)
 
     @dsl.pipeline(name=NAME, description="Entropy selection against full, head-only and random (same budget) "
                                          "fine-tuning on the same data: the paper's comparison.")

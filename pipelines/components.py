@@ -28,14 +28,26 @@ class Components:
     compare: object
 
 
-def make_components(opts: ClusterOptions) -> Components:
+def make_components(opts: ClusterOptions | None) -> Components:
+    """The components for a cluster (``opts``) or, with ``opts`` None, for ``kfp.local``.
+
+    Locally each task runs in this very environment, which has kfp, so the
+    ``pip install kfp`` a lightweight component otherwise runs before its function is
+    left out: it is a pip process per task (about 0.4 s) that could only find kfp installed.
+    """
+    install_kfp = opts is not None
+    opts = opts or ClusterOptions()
     image, gpu_image = opts.step_image(), opts.step_image(gpu=True)
+
+    def component(func, base_image: str):
+        return dsl.component(func, base_image=base_image, install_kfp_package=install_kfp)
+
     return Components(
-        ingest=dsl.component(ingest, base_image=image),
-        profile_entropy=dsl.component(profile_entropy, base_image=image),
-        select_layers=dsl.component(select_layers, base_image=image),
-        finetune=dsl.component(finetune, base_image=gpu_image),
-        evaluate_noise=dsl.component(evaluate_noise, base_image=image),
-        register=dsl.component(register, base_image=image),
-        compare=dsl.component(compare, base_image=image),
+        ingest=component(ingest, image),
+        profile_entropy=component(profile_entropy, image),
+        select_layers=component(select_layers, image),
+        finetune=component(finetune, gpu_image),
+        evaluate_noise=component(evaluate_noise, image),
+        register=component(register, image),
+        compare=component(compare, image),
     )

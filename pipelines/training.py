@@ -14,7 +14,7 @@ D = {p.name: p.default for p in PARAMS}
 
 def build_training(opts: "ClusterOptions | None" = None):
     """The pipeline function; ``opts`` None builds it for a local run (no cluster settings)."""
-    c = make_components(opts or ClusterOptions())
+    c = make_components(opts)
 
     @dsl.pipeline(name=NAME, description="Entropy-based layer selection and fine-tuning for brain-tumour MRI, "
                                          "with noise-robustness evaluation and MLflow registration.")

@@ -146,3 +146,22 @@ def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
     assert fixed == {"data": f"{tmp_path}/data.zip,s3://b/x,synthetic:40", "weights": f"{tmp_path}/w.pt",
                      "arch": "resnet18"}
     assert absolute_paths({"weights": "imagenet"}) == {"weights": "imagenet"}
+
+
+def test_local_tasks_start_without_pip_and_exit_without_a_final_collection():
+    """kfp.local runs every task in this environment, which has kfp: no ``pip install kfp`` per task
+    (compiled components keep it), and each body's last call before returning is ``kfp_io.before_exit()``."""
+    import inspect
+    from dataclasses import fields
+
+    from entropy_ft.pipelines.cluster import ClusterOptions
+    from entropy_ft.pipelines.components import make_components
+
+    local, cluster = make_components(None), make_components(ClusterOptions())
+    for field in fields(local):
+        component = getattr(local, field.name)
+        assert "pip install" not in " ".join(component.component_spec.implementation.container.command)
+        assert "pip install" in " ".join(getattr(cluster, field.name).component_spec.implementation.container.command)
+        body = [line.strip() for line in inspect.getsource(component.python_func).splitlines()]
+        last = body[-2] if body[-1].startswith("return ") else body[-1]
+        assert last == "kfp_io.before_exit()", field.name

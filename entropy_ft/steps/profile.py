@@ -23,8 +23,7 @@ from ..logs import log, progress
 from ..models import build_model, check_arch
 from ..precision import resolve_device
 from ..selection import layer_costs
-
-PROFILE_FILE = "profile.json"
+from . import PROFILE_FILE
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,11 @@ import sys
 from dataclasses import dataclass
 
 from .. import SCHEMA_VERSION, plots, storage
+from ..archs import backbone, check_arch
 from ..errors import UserError
 from ..logs import log
-from ..models import build_model, check_arch, count_trainable, head_module_name
-from ..selection import (
-    DEFAULT_RULE,
-    STRATEGIES,
-    Rule,
-    accounting,
-    layer_costs,
-    parse_rule,
-    select_by_entropy,
-    select_random,
-    strategy_layers,
-)
-from .profile import PROFILE_FILE
+from ..selection import DEFAULT_RULE, STRATEGIES, Rule, parse_rule, select_by_entropy, select_random, strategy_layers
+from . import PROFILE_FILE
 
 SELECTION_FILE = "selection.json"
 
@@ -112,8 +102,8 @@ def run(cfg: Config) -> dict:
     profile, profile_sha, profile_path = read_artifact(cfg.profile, PROFILE_FILE)
     _check_profile(profile, profile_path)
     arch = profile["arch"]
-    model, _ = build_model(arch, profile["num_classes"], "none")  # structure only, for exact accounting
-    costs = layer_costs(model, arch)
+    structure = backbone(arch, profile["num_classes"])  # exact accounting from tables: this step needs no torch
+    costs = structure.costs
     entropy = {row["name"]: float(row["entropy"]) for row in profile["layers"]}
     if list(entropy) != list(costs):
         raise UserError(f"{profile_path}: its layers do not match the conv layers of {arch} in forward order")
@@ -124,7 +114,7 @@ def run(cfg: Config) -> dict:
         rule = cfg.parsed_rule
         layers = select_by_entropy(entropy, costs, rule)
     elif cfg.strategy == "random":
-        head = count_trainable(model, [head_module_name(arch)])
+        head = structure.head_params
         if cfg.budget_from is None and cfg.budget_params is None:
             rule = cfg.parsed_rule
             budget = head + sum(costs[n] for n in select_by_entropy(entropy, costs, rule))
@@ -148,7 +138,7 @@ def run(cfg: Config) -> dict:
         "seed": cfg.seed,
         "budget_params": budget,
         "layers": layers,
-        **accounting(model, arch, layers),
+        **structure.accounting(layers),
         "profile": profile_path,
         "profile_sha256": profile_sha,
         "tap": profile.get("tap"),

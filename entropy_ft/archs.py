@@ -1,0 +1,214 @@
+"""What the supported architectures are made of, without importing torch.
+
+Choosing layers needs only names and parameter counts: a backbone's conv layers in forward
+order, the BatchNorm unfrozen with each, and the classifier head. Building the torchvision
+model to count them would cost the selection step's process the import of torch and
+torchvision (seconds, against milliseconds of work), so the counts are written down here;
+``tests/test_archs.py`` checks every entry against the torchvision model, and
+:func:`entropy_ft.models.backbone` derives the same :class:`Backbone` from a built model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import UserError
+
+# Backbone convs in forward order: (conv, the BatchNorm right after it or None, parameters of both).
+CONV_LAYERS: dict[str, tuple[tuple[str, str | None, int], ...]] = {
+    "resnet18": (
+        ("conv1", "bn1", 9536),
+        ("layer1.0.conv1", "layer1.0.bn1", 36992),
+        ("layer1.0.conv2", "layer1.0.bn2", 36992),
+        ("layer1.1.conv1", "layer1.1.bn1", 36992),
+        ("layer1.1.conv2", "layer1.1.bn2", 36992),
+        ("layer2.0.conv1", "layer2.0.bn1", 73984),
+        ("layer2.0.conv2", "layer2.0.bn2", 147712),
+        ("layer2.0.downsample.0", "layer2.0.downsample.1", 8448),
+        ("layer2.1.conv1", "layer2.1.bn1", 147712),
+        ("layer2.1.conv2", "layer2.1.bn2", 147712),
+        ("layer3.0.conv1", "layer3.0.bn1", 295424),
+        ("layer3.0.conv2", "layer3.0.bn2", 590336),
+        ("layer3.0.downsample.0", "layer3.0.downsample.1", 33280),
+        ("layer3.1.conv1", "layer3.1.bn1", 590336),
+        ("layer3.1.conv2", "layer3.1.bn2", 590336),
+        ("layer4.0.conv1", "layer4.0.bn1", 1180672),
+        ("layer4.0.conv2", "layer4.0.bn2", 2360320),
+        ("layer4.0.downsample.0", "layer4.0.downsample.1", 132096),
+        ("layer4.1.conv1", "layer4.1.bn1", 2360320),
+        ("layer4.1.conv2", "layer4.1.bn2", 2360320),
+    ),
+    "resnet34": (
+        ("conv1", "bn1", 9536),
+        ("layer1.0.conv1", "layer1.0.bn1", 36992),
+        ("layer1.0.conv2", "layer1.0.bn2", 36992),
+        ("layer1.1.conv1", "layer1.1.bn1", 36992),
+        ("layer1.1.conv2", "layer1.1.bn2", 36992),
+        ("layer1.2.conv1", "layer1.2.bn1", 36992),
+        ("layer1.2.conv2", "layer1.2.bn2", 36992),
+        ("layer2.0.conv1", "layer2.0.bn1", 73984),
+        ("layer2.0.conv2", "layer2.0.bn2", 147712),
+        ("layer2.0.downsample.0", "layer2.0.downsample.1", 8448),
+        ("layer2.1.conv1", "layer2.1.bn1", 147712),
+        ("layer2.1.conv2", "layer2.1.bn2", 147712),
+        ("layer2.2.conv1", "layer2.2.bn1", 147712),
+        ("layer2.2.conv2", "layer2.2.bn2", 147712),
+        ("layer2.3.conv1", "layer2.3.bn1", 147712),
+        ("layer2.3.conv2", "layer2.3.bn2", 147712),
+        ("layer3.0.conv1", "layer3.0.bn1", 295424),
+        ("layer3.0.conv2", "layer3.0.bn2", 590336),
+        ("layer3.0.downsample.0", "layer3.0.downsample.1", 33280),
+        ("layer3.1.conv1", "layer3.1.bn1", 590336),
+        ("layer3.1.conv2", "layer3.1.bn2", 590336),
+        ("layer3.2.conv1", "layer3.2.bn1", 590336),
+        ("layer3.2.conv2", "layer3.2.bn2", 590336),
+        ("layer3.3.conv1", "layer3.3.bn1", 590336),
+        ("layer3.3.conv2", "layer3.3.bn2", 590336),
+        ("layer3.4.conv1", "layer3.4.bn1", 590336),
+        ("layer3.4.conv2", "layer3.4.bn2", 590336),
+        ("layer3.5.conv1", "layer3.5.bn1", 590336),
+        ("layer3.5.conv2", "layer3.5.bn2", 590336),
+        ("layer4.0.conv1", "layer4.0.bn1", 1180672),
+        ("layer4.0.conv2", "layer4.0.bn2", 2360320),
+        ("layer4.0.downsample.0", "layer4.0.downsample.1", 132096),
+        ("layer4.1.conv1", "layer4.1.bn1", 2360320),
+        ("layer4.1.conv2", "layer4.1.bn2", 2360320),
+        ("layer4.2.conv1", "layer4.2.bn1", 2360320),
+        ("layer4.2.conv2", "layer4.2.bn2", 2360320),
+    ),
+    "squeezenet1_0": (
+        ("features.0", None, 14208),
+        ("features.3.squeeze", None, 1552),
+        ("features.3.expand1x1", None, 1088),
+        ("features.3.expand3x3", None, 9280),
+        ("features.4.squeeze", None, 2064),
+        ("features.4.expand1x1", None, 1088),
+        ("features.4.expand3x3", None, 9280),
+        ("features.5.squeeze", None, 4128),
+        ("features.5.expand1x1", None, 4224),
+        ("features.5.expand3x3", None, 36992),
+        ("features.7.squeeze", None, 8224),
+        ("features.7.expand1x1", None, 4224),
+        ("features.7.expand3x3", None, 36992),
+        ("features.8.squeeze", None, 12336),
+        ("features.8.expand1x1", None, 9408),
+        ("features.8.expand3x3", None, 83136),
+        ("features.9.squeeze", None, 18480),
+        ("features.9.expand1x1", None, 9408),
+        ("features.9.expand3x3", None, 83136),
+        ("features.10.squeeze", None, 24640),
+        ("features.10.expand1x1", None, 16640),
+        ("features.10.expand3x3", None, 147712),
+        ("features.12.squeeze", None, 32832),
+        ("features.12.expand1x1", None, 16640),
+        ("features.12.expand3x3", None, 147712),
+    ),
+    "squeezenet1_1": (
+        ("features.0", None, 1792),
+        ("features.3.squeeze", None, 1040),
+        ("features.3.expand1x1", None, 1088),
+        ("features.3.expand3x3", None, 9280),
+        ("features.4.squeeze", None, 2064),
+        ("features.4.expand1x1", None, 1088),
+        ("features.4.expand3x3", None, 9280),
+        ("features.6.squeeze", None, 4128),
+        ("features.6.expand1x1", None, 4224),
+        ("features.6.expand3x3", None, 36992),
+        ("features.7.squeeze", None, 8224),
+        ("features.7.expand1x1", None, 4224),
+        ("features.7.expand3x3", None, 36992),
+        ("features.9.squeeze", None, 12336),
+        ("features.9.expand1x1", None, 9408),
+        ("features.9.expand3x3", None, 83136),
+        ("features.10.squeeze", None, 18480),
+        ("features.10.expand1x1", None, 9408),
+        ("features.10.expand3x3", None, 83136),
+        ("features.11.squeeze", None, 24640),
+        ("features.11.expand1x1", None, 16640),
+        ("features.11.expand3x3", None, 147712),
+        ("features.12.squeeze", None, 32832),
+        ("features.12.expand1x1", None, 16640),
+        ("features.12.expand3x3", None, 147712),
+    ),
+}
+
+# The classifier head that replaces ImageNet's: its module name and its input features.
+HEADS: dict[str, tuple[str, int]] = {
+    "resnet18": ("fc", 512),
+    "resnet34": ("fc", 512),
+    "squeezenet1_0": ("classifier.1", 512),
+    "squeezenet1_1": ("classifier.1", 512),
+}
+
+
+def check_arch(arch: str) -> str:
+    if arch not in CONV_LAYERS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(CONV_LAYERS)}")
+    return arch
+
+
+def check_num_classes(num_classes: int) -> int:
+    if num_classes < 2:
+        raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
+    return num_classes
+
+
+def head_module_name(arch: str) -> str:
+    """Module name of the trainable head (for SqueezeNet it is a 1x1 Conv2d, not a backbone layer)."""
+    return HEADS[check_arch(arch)][0]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Exact parameter accounting of ``arch`` with a ``num_classes`` head.
+
+    Every parameter belongs to a conv, its BatchNorm or the head, so ``total_params`` is what
+    full fine-tuning trains.
+    """
+
+    arch: str
+    convs: tuple[tuple[str, str | None, int], ...]  # as in CONV_LAYERS
+    head: str
+    head_params: int
+    total_params: int
+
+    @property
+    def costs(self) -> dict[str, int]:
+        """Backbone convs in forward order -> parameters that unfreezing each one trains."""
+        return {conv: params for conv, _, params in self.convs}
+
+    def trainable_modules(self, layers: Sequence[str]) -> list[str]:
+        """Modules a selection trains: each selected conv, the BatchNorm right after it, and the head."""
+        batchnorms = {conv: bn for conv, bn, _ in self.convs}
+        unknown = [name for name in layers if name not in batchnorms]
+        if unknown:
+            raise UserError(f"selection names layers that {self.arch} does not have: {unknown[:5]}")
+        names: list[str] = []
+        for name in layers:
+            names.append(name)
+            if batchnorms[name] is not None:
+                names.append(batchnorms[name])
+        names.append(self.head)
+        return names
+
+    def accounting(self, layers: Sequence[str]) -> dict:
+        """Exact parameter figures of training ``layers`` (their BatchNorms and the head included)."""
+        modules = self.trainable_modules(layers)
+        costs = self.costs
+        trainable = self.head_params + sum(costs[name] for name in layers)
+        return {
+            "trainable_modules": modules,
+            "trainable_params": trainable,
+            "total_params": self.total_params,
+            "full_params": self.total_params,
+            "reduction_vs_full": 1.0 - trainable / self.total_params,
+        }
+
+
+def backbone(arch: str, num_classes: int) -> Backbone:
+    """The :class:`Backbone` of ``arch`` with a ``num_classes`` head, from the tables above."""
+    convs = CONV_LAYERS[check_arch(arch)]
+    head, features = HEADS[arch]
+    head_params = (features + 1) * check_num_classes(num_classes)  # weights and bias, Linear or 1x1 conv alike
+    return Backbone(arch, convs, head, head_params, sum(params for _, _, params in convs) + head_params)
