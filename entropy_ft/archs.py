@@ -3,7 +3,8 @@
 Choosing layers needs only names and parameter counts: a backbone's conv layers in forward
 order, the BatchNorm unfrozen with each, and the classifier head. Building the torchvision
 model to count them would cost the selection step's process the import of torch and
-torchvision (seconds, against milliseconds of work), so the counts are written down here;
+torchvision (seconds, against milliseconds of work), so the counts are written down here
+(the ResNets' derived from their blocks per stage);
 ``tests/test_archs.py`` checks every entry against the torchvision model, and
 :func:`entropy_ft.models.backbone` derives the same :class:`Backbone` from a built model.
 """
@@ -15,68 +16,35 @@ from dataclasses import dataclass
 
 from .errors import UserError
 
-# Backbone convs in forward order: (conv, the BatchNorm right after it or None, parameters of both).
-CONV_LAYERS: dict[str, tuple[tuple[str, str | None, int], ...]] = {
-    "resnet18": (
-        ("conv1", "bn1", 9536),
-        ("layer1.0.conv1", "layer1.0.bn1", 36992),
-        ("layer1.0.conv2", "layer1.0.bn2", 36992),
-        ("layer1.1.conv1", "layer1.1.bn1", 36992),
-        ("layer1.1.conv2", "layer1.1.bn2", 36992),
-        ("layer2.0.conv1", "layer2.0.bn1", 73984),
-        ("layer2.0.conv2", "layer2.0.bn2", 147712),
-        ("layer2.0.downsample.0", "layer2.0.downsample.1", 8448),
-        ("layer2.1.conv1", "layer2.1.bn1", 147712),
-        ("layer2.1.conv2", "layer2.1.bn2", 147712),
-        ("layer3.0.conv1", "layer3.0.bn1", 295424),
-        ("layer3.0.conv2", "layer3.0.bn2", 590336),
-        ("layer3.0.downsample.0", "layer3.0.downsample.1", 33280),
-        ("layer3.1.conv1", "layer3.1.bn1", 590336),
-        ("layer3.1.conv2", "layer3.1.bn2", 590336),
-        ("layer4.0.conv1", "layer4.0.bn1", 1180672),
-        ("layer4.0.conv2", "layer4.0.bn2", 2360320),
-        ("layer4.0.downsample.0", "layer4.0.downsample.1", 132096),
-        ("layer4.1.conv1", "layer4.1.bn1", 2360320),
-        ("layer4.1.conv2", "layer4.1.bn2", 2360320),
-    ),
-    "resnet34": (
-        ("conv1", "bn1", 9536),
-        ("layer1.0.conv1", "layer1.0.bn1", 36992),
-        ("layer1.0.conv2", "layer1.0.bn2", 36992),
-        ("layer1.1.conv1", "layer1.1.bn1", 36992),
-        ("layer1.1.conv2", "layer1.1.bn2", 36992),
-        ("layer1.2.conv1", "layer1.2.bn1", 36992),
-        ("layer1.2.conv2", "layer1.2.bn2", 36992),
-        ("layer2.0.conv1", "layer2.0.bn1", 73984),
-        ("layer2.0.conv2", "layer2.0.bn2", 147712),
-        ("layer2.0.downsample.0", "layer2.0.downsample.1", 8448),
-        ("layer2.1.conv1", "layer2.1.bn1", 147712),
-        ("layer2.1.conv2", "layer2.1.bn2", 147712),
-        ("layer2.2.conv1", "layer2.2.bn1", 147712),
-        ("layer2.2.conv2", "layer2.2.bn2", 147712),
-        ("layer2.3.conv1", "layer2.3.bn1", 147712),
-        ("layer2.3.conv2", "layer2.3.bn2", 147712),
-        ("layer3.0.conv1", "layer3.0.bn1", 295424),
-        ("layer3.0.conv2", "layer3.0.bn2", 590336),
-        ("layer3.0.downsample.0", "layer3.0.downsample.1", 33280),
-        ("layer3.1.conv1", "layer3.1.bn1", 590336),
-        ("layer3.1.conv2", "layer3.1.bn2", 590336),
-        ("layer3.2.conv1", "layer3.2.bn1", 590336),
-        ("layer3.2.conv2", "layer3.2.bn2", 590336),
-        ("layer3.3.conv1", "layer3.3.bn1", 590336),
-        ("layer3.3.conv2", "layer3.3.bn2", 590336),
-        ("layer3.4.conv1", "layer3.4.bn1", 590336),
-        ("layer3.4.conv2", "layer3.4.bn2", 590336),
-        ("layer3.5.conv1", "layer3.5.bn1", 590336),
-        ("layer3.5.conv2", "layer3.5.bn2", 590336),
-        ("layer4.0.conv1", "layer4.0.bn1", 1180672),
-        ("layer4.0.conv2", "layer4.0.bn2", 2360320),
-        ("layer4.0.downsample.0", "layer4.0.downsample.1", 132096),
-        ("layer4.1.conv1", "layer4.1.bn1", 2360320),
-        ("layer4.1.conv2", "layer4.1.bn2", 2360320),
-        ("layer4.2.conv1", "layer4.2.bn1", 2360320),
-        ("layer4.2.conv2", "layer4.2.bn2", 2360320),
-    ),
+Conv = tuple[str, str | None, int]  # (conv, the BatchNorm right after it or None, parameters of both)
+
+
+def _conv_bn(name: str, bn: str, cin: int, cout: int, k: int) -> Conv:
+    """A bias-free k x k conv and its BatchNorm (weight and bias per channel)."""
+    return (name, bn, cin * cout * k * k + 2 * cout)
+
+
+def _resnet(blocks: tuple[int, int, int, int]) -> tuple[Conv, ...]:
+    """The convs of a torchvision BasicBlock ResNet with ``blocks`` blocks per stage, in forward order:
+    the 7x7 stem, two 3x3 convs per block, and a 1x1 downsample in each later stage's first block."""
+    convs = [_conv_bn("conv1", "bn1", 3, 64, 7)]
+    cin = 64
+    for stage, count in enumerate(blocks, 1):
+        cout = 64 * 2 ** (stage - 1)
+        for block in range(count):
+            at = f"layer{stage}.{block}"
+            convs += [_conv_bn(f"{at}.conv1", f"{at}.bn1", cin if block == 0 else cout, cout, 3),
+                      _conv_bn(f"{at}.conv2", f"{at}.bn2", cout, cout, 3)]
+            if block == 0 and stage > 1:
+                convs.append(_conv_bn(f"{at}.downsample.0", f"{at}.downsample.1", cin, cout, 1))
+        cin = cout
+    return tuple(convs)
+
+
+# Backbone convs in forward order; SqueezeNet's have no BatchNorm and a bias each.
+CONV_LAYERS: dict[str, tuple[Conv, ...]] = {
+    "resnet18": _resnet((2, 2, 2, 2)),
+    "resnet34": _resnet((3, 4, 6, 3)),
     "squeezenet1_0": (
         ("features.0", None, 14208),
         ("features.3.squeeze", None, 1552),
@@ -168,7 +136,7 @@ class Backbone:
     """
 
     arch: str
-    convs: tuple[tuple[str, str | None, int], ...]  # as in CONV_LAYERS
+    convs: tuple[Conv, ...]  # as in CONV_LAYERS
     head: str
     head_params: int
     total_params: int
