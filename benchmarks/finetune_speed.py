@@ -1,7 +1,8 @@
 """Benchmark: seconds per training epoch for full against partial selections, per precision.
 
     .venv/bin/python benchmarks/finetune_speed.py [--images 280] [--image-size 64] [--arch resnet18]
-        [--strategies full,alternate,late-half,head] [--precisions fp32,bf16] [--epochs 3] [--device auto] [--out results.json]
+        [--strategies full,alternate,late-half,head] [--precisions fp32,bf16] [--epochs 3] [--device auto]
+        [--out results.json]
 
 Generates ``synthetic:IMAGES`` phantoms at ``--image-size`` (or uses ``--dataset``), then
 fine-tunes each (strategy, precision) for ``--epochs`` epochs and reports the median seconds
@@ -29,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from entropy_ft import models
 from entropy_ft.data.format import load_manifest
-from entropy_ft.precision import resolve_device
-from entropy_ft.train import TrainConfig, train
+from entropy_ft.model.factory import build_model, conv_layers, trainable_module_names
+from entropy_ft.training.loop import TrainConfig, train
+from entropy_ft.training.precision import resolve_device
 
 
 def partial_layers(convs: list[str], strategy: str) -> list[str]:
@@ -43,7 +44,7 @@ def synthetic_dataset(n: int, size: int, root: Path) -> Path:
     from entropy_ft.steps import ingest
 
     out = root / f"synthetic-{n}-{size}"
-    ingest.run(ingest.Config((f"synthetic:{n}",), str(out), image_size=size, seed=0))
+    ingest.run(ingest.Config(sources=(f"synthetic:{n}",), out=str(out), image_size=size, seed=0))
     return out
 
 
@@ -52,19 +53,20 @@ def bench(args: argparse.Namespace, dataset: Path) -> list[dict]:
     for precision in args.precisions.split(","):
         for strategy in args.strategies.split(","):
             torch.manual_seed(0)
-            model, _ = models.build_model(args.arch, 4, "none")
-            layers = partial_layers(models.conv_layers(model, args.arch), strategy)
-            trainable = models.trainable_module_names(model, args.arch, layers)
+            model, _ = build_model(args.arch, 4, "none")
+            layers = partial_layers(conv_layers(model, args.arch), strategy)
+            trainable = trainable_module_names(model, args.arch, layers)
             cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs, device=args.device,
                               precision=precision, num_workers=args.num_workers)
             result = train(model, args.arch, trainable, dataset, cfg)
             seconds = [h["seconds"] for h in result.history]
             steady = seconds[1:] or seconds
+            per_second = [h["images_per_second"] for h in result.history[1:] or result.history]
             rows.append({
                 "strategy": strategy, "precision": result.precision, "device": result.device,
                 "trainable_params": result.trainable_params, "epoch_seconds": seconds,
                 "seconds_per_epoch": statistics.median(steady),
-                "images_per_second": statistics.median(h["images_per_second"] for h in result.history[1:] or result.history),
+                "images_per_second": statistics.median(per_second),
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
@@ -98,7 +100,7 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = Path(args.dataset) if args.dataset else synthetic_dataset(args.images, args.image_size, Path(tmp))
-        totals = load_manifest(dataset)["totals"]
+        totals = load_manifest(dataset).totals
         rows = bench(args, dataset)
     result = {
         "machine": cpu_model(),

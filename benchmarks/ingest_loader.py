@@ -1,6 +1,7 @@
 """Benchmark: ingesting the whole Kaggle archive, and the training loader against torchvision's ImageFolder.
 
-    .venv/bin/python benchmarks/ingest_loader.py [--archive PATH] [--workers N] [--batches 20] [--rounds 5] [--out results.json]
+    .venv/bin/python benchmarks/ingest_loader.py [--archive PATH] [--workers N] [--batches 20] [--rounds 5]
+        [--out results.json]
 
 1. ``entropy-ft ingest`` of the whole archive at 224 px: wall time and images per second.
 2. Loader throughput over the ingested train split (raw uint8 pixels from Parquet, in DataLoader
@@ -114,9 +115,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="entropy-ft-bench-") as tmp:
         dataset = Path(tmp, "kaggle")
         started = time.perf_counter()
-        summary = ingest.run(ingest.Config((str(args.archive),), str(dataset), image_size=224, workers=args.workers))
+        summary = ingest.run(ingest.Config(sources=(str(args.archive),), out=str(dataset), image_size=224,
+                                           workers=args.workers))
         ingest_s = time.perf_counter() - started
-        files = sum(s["files"] for s in load_manifest(dataset)["sources"])
+        files = sum(s["files"] for s in load_manifest(dataset).sources)
 
         jpegs = Path(tmp, "jpeg")
         n_jpegs = extract_training_jpegs(args.archive, jpegs)
@@ -129,7 +131,8 @@ def main() -> None:
         "ingest": {"archive": str(args.archive), "files": files, "images": summary["images"],
                    "seconds": round(ingest_s, 2), "files_per_s": round(files / ingest_s, 1),
                    "quarantined": summary["quarantined"], "duplicates": summary["duplicates"]},
-        "loader": {"batch_size": args.batch_size, "timed_batches": args.batches, "rounds": args.rounds, "jpeg_training_files": n_jpegs,
+        "loader": {"batch_size": args.batch_size, "timed_batches": args.batches, "rounds": args.rounds,
+                   "jpeg_training_files": n_jpegs,
                    "train_augmented": augmented, "eval_no_augmentation": plain},
     }
     text = json.dumps(result, indent=2)

@@ -10,7 +10,7 @@ Steps, all through the library: the archive is ingested once per image size (cac
 (``steps.select``: entropy with the default rule, full, head, and random with the entropy
 selection's parameter budget, one draw per seed); per (architecture, strategy, seed) one
 fine-tuning run (``steps.finetune``) in a fresh process, so its peak memory is its own, then
-test predictions at every noise sigma (``entropy_ft.evaluate``, exactly as ``steps.evaluate``
+test predictions at every noise sigma (``entropy_ft.evaluation.noise``, exactly as ``steps.evaluate``
 draws them), scored twice: on the test split as shipped and on the test split without every
 image that is an exact or near duplicate of a training (train or val) image, per the ingest
 manifest's duplicate groups.
@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP", ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
+DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
+                                      ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
 STRATEGIES = ("entropy", "full", "head", "random")
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -62,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="folder with <arch>-imagenette.pt state_dicts (default: ../shared/weights)")
     weights.add_argument("--weights", default=None, help="one weight source for every arch, e.g. imagenet")
     p.add_argument("--paper", action="store_true",
-                   help=f"the paper's settings for a GPU: {PAPER_DEFAULTS['image_size']} px, {PAPER_DEFAULTS['epochs']} epochs "
+                   help=f"the paper's settings for a GPU: {PAPER_DEFAULTS['image_size']} px, "
+                        f"{PAPER_DEFAULTS['epochs']} epochs "
                         f"(CPU default: {CPU_DEFAULTS['image_size']} px, {CPU_DEFAULTS['epochs']} epochs)")
     p.add_argument("--image-size", type=int, default=None, help="ingest and model input side in pixels")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per run")
@@ -104,11 +106,13 @@ def weights_for(args: argparse.Namespace, arch: str) -> str:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Everything that decides a run's result; its hash names the run folder, so changed settings never reuse old runs."""
+    """Everything that decides a run's result; its hash names the run folder, so changed settings never
+    reuse old runs."""
     return {"image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "profile_images": args.profile_images, "sigmas": args.sigmas, "device": args.device,
             "precision": args.precision, "archive": args.archive.name,
-            "weights": {a: Path(weights_for(args, a)).name if args.weights is None else args.weights for a in args.archs}}
+            "weights": {a: Path(weights_for(args, a)).name if args.weights is None else args.weights
+                        for a in args.archs}}
 
 
 def arch_dirs(runs: Path, conf: dict) -> dict[str, Path]:
@@ -136,7 +140,7 @@ def ensure_dataset(archive: Path, image_size: int, cache: Path) -> Path:
     if (root / "manifest.json").is_file():
         return root
     log(f"ingesting {archive} at {image_size} px into {root}")
-    ingest.run(ingest.Config((str(archive),), str(root), image_size=image_size))
+    ingest.run(ingest.Config(sources=(str(archive),), out=str(root), image_size=image_size))
     return root
 
 
@@ -146,7 +150,7 @@ def leaked_test_images(root: Path) -> dict:
 
     manifest = load_manifest(root)
     leaked: dict[str, str] = {}  # source name -> "exact" unless only a near group links it
-    for group in manifest["duplicates"]["groups"]:
+    for group in manifest.duplicates["groups"]:
         splits = {m["split"] for m in group["members"]}
         if "test" in splits and splits & set(TRAINING_SPLITS):
             for m in group["members"]:
@@ -157,7 +161,7 @@ def leaked_test_images(root: Path) -> dict:
     kinds = [leaked[s] for s in sources if s in leaked]
     return {"keep": keep, "test_images": len(sources), "removed": len(kinds),
             "removed_exact": kinds.count("exact"), "removed_near_only": kinds.count("near"),
-            "duplicate_summary": manifest["duplicates"]["summary"], "totals": manifest["totals"]}
+            "duplicate_summary": manifest.duplicates["summary"], "totals": manifest.totals}
 
 
 # ---------------------------------------------------------------- one fine-tuning run (in its own process)
@@ -169,12 +173,14 @@ def fine_tune_and_score(spec: dict) -> None:
     import torch
 
     from entropy_ft import storage
-    from entropy_ft.logs import setup_logging
+    from entropy_ft.artifacts import Selection, TrainingHistory
     from entropy_ft.data.loader import LoaderConfig, make_loader
-    from entropy_ft.evaluate import classification_metrics, noise_generator, predict
-    from entropy_ft.model_dir import load_model_dir
-    from entropy_ft.precision import resolve_device
+    from entropy_ft.evaluation.metrics import classification_metrics
+    from entropy_ft.evaluation.noise import noise_generator, predict
+    from entropy_ft.logs import setup_logging
+    from entropy_ft.model.model_dir import load_model_dir
     from entropy_ft.steps import finetune
+    from entropy_ft.training.precision import resolve_device
 
     setup_logging()  # the library's per-epoch lines on stderr
     started = time.perf_counter()
@@ -187,11 +193,12 @@ def fine_tune_and_score(spec: dict) -> None:
         batch_size=spec["batch_size"], seed=spec["seed"], device=spec["device"], precision=spec["precision"],
         num_workers=spec["num_workers"], resume=True))
     train_peak = _peak_memory_mb(device)
-    history = json.loads(Path(spec["model"], "history.json").read_text())["history"]
+    history = TrainingHistory.read(spec["model"]).history
 
     model, meta = load_model_dir(spec["model"], device)
-    classes = list(meta["classes"])
-    loader = make_loader(spec["dataset"], "test", LoaderConfig(64, 0, int(meta["preprocessing"]["image_size"]), spec["seed"]),
+    classes = list(meta.classes)
+    loader = make_loader(spec["dataset"], "test",
+                         LoaderConfig(batch_size=64, num_workers=0, image_size=meta.image_size, seed=spec["seed"]),
                          train=False)
     keep = np.array(spec["keep"], dtype=bool)
     scores: dict[str, list[dict]] = {"shipped": [], "dedup": []}
@@ -202,16 +209,17 @@ def fine_tune_and_score(spec: dict) -> None:
             m = classification_metrics(y[mask], pred[mask], classes)
             scores[name].append({"sigma": sigma, "images": int(mask.sum()),
                                  **{k: m[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}})
-    selection = json.loads(Path(spec["selection"]).read_text())
+    selection = Selection.read(spec["selection"])
     result = {
         "arch": spec["arch"], "strategy": spec["strategy"], "seed": spec["seed"],
-        "selected_layers": len(selection["layers"]), "trainable_params": selection["trainable_params"],
-        "full_params": selection["full_params"], "reduction_vs_full": selection["reduction_vs_full"],
+        "selected_layers": len(selection.layers), "trainable_params": selection.trainable_params,
+        "full_params": selection.full_params, "reduction_vs_full": selection.reduction_vs_full,
         "epochs_run": len(history), "epoch_seconds": [h["seconds"] for h in history],
         "seconds_per_epoch": statistics.mean(h["seconds"] for h in history),
         "train_images_per_second": statistics.mean(h["images_per_second"] for h in history),
-        "best_val_macro_f1": summary["best_val_macro_f1"], "device": summary["device"], "precision": summary["precision"],
-        "peak_memory_mb": train_peak, "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
+        "best_val_macro_f1": summary["best_val_macro_f1"], "device": summary["device"],
+        "precision": summary["precision"], "peak_memory_mb": train_peak,
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "wall_seconds": time.perf_counter() - started, "test": scores,
     }
     storage.write_json(spec["result"], result)
@@ -244,15 +252,16 @@ def prepare_arch(args, arch: str, dataset: Path, work: Path) -> dict[tuple[str, 
     profile_dir = work / "profile"
     if not (profile_dir / "profile.json").is_file():
         log(f"{arch}: profiling {args.profile_images} training images")
-        profile.run(profile.Config(str(dataset), arch, weights_for(args, arch), str(profile_dir),
-                                   images=args.profile_images, device=args.device))
+        profile.run(profile.Config(dataset=str(dataset), arch=arch, weights=weights_for(args, arch),
+                                   out=str(profile_dir), images=args.profile_images, device=args.device))
     selections = {}
     for strategy in args.strategies:
         for seed in range(args.seeds):
             seeded = strategy == "random"  # entropy, full and head do not depend on the seed
             out = work / (f"select-{strategy}-s{seed}" if seeded else f"select-{strategy}")
             if not (out / "selection.json").is_file():
-                select.run(select.Config(str(profile_dir), strategy, str(out), seed=seed if seeded else 0))
+                select.run(select.Config(profile=str(profile_dir), strategy=strategy, out=str(out),
+                                         seed=seed if seeded else 0))
             selections[strategy, seed] = str(out / "selection.json")
     return selections
 
@@ -337,6 +346,7 @@ def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]
     from matplotlib.figure import Figure
 
     from entropy_ft import plots
+    from entropy_ft.artifacts import Profile, Selection
 
     written = []
 
@@ -345,15 +355,17 @@ def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]
         written.append(name)
 
     for arch in args.archs:
-        profile = json.loads((work_dirs[arch] / "profile" / "profile.json").read_text())
-        selected = json.loads((work_dirs[arch] / "select-entropy" / "selection.json").read_text())["layers"] \
+        profile = Profile.read(str(work_dirs[arch] / "profile"))
+        selected = Selection.read(str(work_dirs[arch] / "select-entropy")).layers \
             if "entropy" in args.strategies else None
-        save(plots.entropy_figure(profile["layers"], selected=selected,
+        save(plots.entropy_figure(profile.layers, selected=selected,
                                   title=f"{arch}: activation entropy per conv layer, below-mean selection"),
              f"{args.name}-{arch}-entropy.png")
         for test in ("shipped", "dedup"):
-            series = {r["strategy"]: [r[f"{test}_accuracy_sigma_{s:g}"][0] for s in args.sigmas] for r in rows if r["arch"] == arch}
-            save(plots.line_figure(args.sigmas, series, title=f"{arch}: test accuracy under Gaussian noise ({test} test set)",
+            series = {r["strategy"]: [r[f"{test}_accuracy_sigma_{s:g}"][0] for s in args.sigmas]
+                      for r in rows if r["arch"] == arch}
+            save(plots.line_figure(args.sigmas, series,
+                                   title=f"{arch}: test accuracy under Gaussian noise ({test} test set)",
                                    xlabel="noise sigma (pixels in [0, 1])", ylabel="accuracy (mean over seeds)"),
                  f"{args.name}-{arch}-noise-{test}.png")
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -363,7 +375,8 @@ def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]
         ax.errorbar([row["trainable_params"][0]], [acc], yerr=[std or 0.0], fmt="o", capsize=3,
                     color=plots.LINE_COLORS[STRATEGIES.index(row["strategy"])],
                     label=row["strategy"] if i == [r["strategy"] for r in rows].index(row["strategy"]) else None)
-        ax.annotate(row["arch"], (row["trainable_params"][0], acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(row["arch"], (row["trainable_params"][0], acc), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy, as shipped (mean ± std over seeds)")
@@ -385,37 +398,46 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
         "runs finished by an earlier invocation with the same settings for that architecture are reused)",
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['memory_gib']} GiB"
         + (f", GPU {meta['machine']['gpu']}" if "gpu" in meta["machine"] else ", no GPU")
-        + f"; Python {meta['machine']['python']}, torch {meta['machine']['torch']}, torchvision {meta['machine']['torchvision']}"
+        + f"; Python {meta['machine']['python']}, torch {meta['machine']['torch']}, "
+        f"torchvision {meta['machine']['torchvision']}"
         + f"; 1-minute load average {meta['load_at_start']} at start, {meta['load_at_end']} at end",
         f"- Settings: {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, AdamW lr {s['lr']}, "
         f"seeds {', '.join(map(str, range(args.seeds)))}, {s['profile_images']} profiling images (conv tap, histogram "
         f"estimator, 256 bins), entropy rule below-mean, random = same parameter budget as entropy; training precision "
-        f"{meta['precision']} on {meta['device']}, evaluation fp32; noise sigmas {', '.join(f'{x:g}' for x in args.sigmas)}",
-        f"- Weights: {', '.join(f'{a}: {w}' for a, w in s['weights'].items())} (Imagenette state_dicts stand in for ImageNet)",
+        f"{meta['precision']} on {meta['device']}, evaluation fp32; "
+        f"noise sigmas {', '.join(f'{x:g}' for x in args.sigmas)}",
+        f"- Weights: {', '.join(f'{a}: {w}' for a, w in s['weights'].items())} "
+        "(Imagenette state_dicts stand in for ImageNet)",
         f"- Data: {args.archive.name}, ingested at {s['image_size']} px: "
         + ", ".join(f"{k} {v}" for k, v in leak["totals"].items())
         + f". Duplicate report: {leak['duplicate_summary']['exact_groups']} exact groups, "
-        f"{leak['duplicate_summary']['near_groups']} near groups, {leak['duplicate_summary']['cross_split_exact_groups']} "
+        f"{leak['duplicate_summary']['near_groups']} near groups, "
+        f"{leak['duplicate_summary']['cross_split_exact_groups']} "
         f"exact and {leak['duplicate_summary']['cross_split_near_groups']} near groups cross splits.",
         f"- **Deduplicated test set**: {leak['removed']} of {leak['test_images']} test images removed "
-        f"({100 * leak['removed'] / leak['test_images']:.1f}%) because they are an exact ({leak['removed_exact']}) or only a "
-        f"near ({leak['removed_near_only']}) duplicate of a train or val image; {leak['test_images'] - leak['removed']} remain. "
+        f"({100 * leak['removed'] / leak['test_images']:.1f}%) because they are an exact ({leak['removed_exact']}) "
+        f"or only a near ({leak['removed_near_only']}) duplicate of a train or val image; "
+        f"{leak['test_images'] - leak['removed']} remain. "
         "Both test sets score the same predictions.",
         "",
         "Mean ± sample standard deviation over seeds. Seconds per epoch: training batches only (validation excluded). "
-        f"Peak memory: {meta['peak_memory_kind']} of the fine-tuning process, read at the end of training (before evaluation).",
+        f"Peak memory: {meta['peak_memory_kind']} of the fine-tuning process, read at the end of training "
+        "(before evaluation).",
         "",
         "## Parameters, cost and clean test metrics",
         "",
-        "| arch | strategy | conv layers unfrozen | trainable params | reduction vs full | s / epoch | peak memory (MB) "
-        "| accuracy | macro-F1 | balanced acc. | accuracy (dedup) | macro-F1 (dedup) | balanced acc. (dedup) |",
+        "| arch | strategy | conv layers unfrozen | trainable params | reduction vs full | s / epoch "
+        "| peak memory (MB) | accuracy | macro-F1 | balanced acc. | accuracy (dedup) | macro-F1 (dedup) "
+        "| balanced acc. (dedup) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arch']} | {r['strategy']} | {fmt(r['selected_layers'], digits=0)} | {fmt(r['trainable_params'], digits=0)} "
-            f"| {fmt(r['reduction_vs_full'], 100, 1)}% | {fmt(r['seconds_per_epoch'], digits=1)} | {fmt(r['peak_memory_mb'], digits=0)} "
-            + "".join(f"| {fmt(r[f'{t}_{m}'])} " for t in ("shipped", "dedup") for m in ("accuracy", "macro_f1", "balanced_accuracy"))
+            f"| {r['arch']} | {r['strategy']} | {fmt(r['selected_layers'], digits=0)} "
+            f"| {fmt(r['trainable_params'], digits=0)} | {fmt(r['reduction_vs_full'], 100, 1)}% "
+            f"| {fmt(r['seconds_per_epoch'], digits=1)} | {fmt(r['peak_memory_mb'], digits=0)} "
+            + "".join(f"| {fmt(r[f'{t}_{m}'])} " for t in ("shipped", "dedup")
+                      for m in ("accuracy", "macro_f1", "balanced_accuracy"))
             + "|")
     for test, title in (("shipped", "as shipped"), ("dedup", "without duplicates of training images")):
         lines += ["", f"## Accuracy under Gaussian noise, test set {title}", "",
@@ -450,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
         "wall_minutes": (finished - started).total_seconds() / 60, "machine": machine(), "settings": conf,
         "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2),
-        "device": results[0]["device"], "precision": results[0]["precision"], "peak_memory_kind": results[0]["peak_memory_kind"],
+        "device": results[0]["device"], "precision": results[0]["precision"],
+        "peak_memory_kind": results[0]["peak_memory_kind"],
     }
     plots_written = write_plots(args, rows, work_dirs)
     leak_json = {k: v for k, v in leak.items() if k != "keep"}

@@ -45,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py beside this file
 
-DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP", ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
+DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
+                                      ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
 FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline")
 GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15)}
@@ -88,7 +89,8 @@ def ingest_and_loader(args, tmp: Path, figures: set[str]) -> tuple[dict, Path]:
     runs = []
     for i in range(args.repeats if "ingest" in figures else 1):
         target = tmp / f"ingest-{i}"
-        seconds = _timed(lambda: ingest.run(ingest.Config((str(args.archive),), str(target), image_size=224)))
+        seconds = _timed(lambda: ingest.run(
+            ingest.Config(sources=(str(args.archive),), out=str(target), image_size=224)))
         runs.append(seconds)
         if i == 0:
             target.rename(dataset)
@@ -97,17 +99,19 @@ def ingest_and_loader(args, tmp: Path, figures: set[str]) -> tuple[dict, Path]:
     from entropy_ft.data.format import load_manifest
 
     manifest = load_manifest(dataset)
-    files = sum(s["files"] for s in manifest["sources"])
+    files = sum(s["files"] for s in manifest.sources)
     if "ingest" in figures:
         seconds = statistics.median(runs)
-        out["ingest"] = {"archive": args.archive.name, "files": files, "images": sum(manifest["totals"].values()),
-                         "image_size": 224, "seconds": seconds, "runs_seconds": runs, "files_per_second": files / seconds}
+        out["ingest"] = {"archive": args.archive.name, "files": files, "images": sum(manifest.totals.values()),
+                         "image_size": 224, "seconds": seconds, "runs_seconds": runs,
+                         "files_per_second": files / seconds}
         log(f"ingest: {files} files in {seconds:.1f} s ({files / seconds:.0f} files/s)")
     if "loader" in figures:
         jpegs = tmp / "jpeg"
         n = ingest_loader.extract_training_jpegs(args.archive, jpegs)
         opts = argparse.Namespace(batch_size=64, workers=args.workers, batches=args.loader_batches, rounds=args.repeats)
-        out["loader"] = {"jpeg_files": n, "batch_size": 64, "workers": args.workers, "timed_batches": args.loader_batches,
+        out["loader"] = {"jpeg_files": n, "batch_size": 64, "workers": args.workers,
+                         "timed_batches": args.loader_batches,
                          "eval": ingest_loader.compare(dataset, jpegs, opts, train=False),
                          "train": ingest_loader.compare(dataset, jpegs, opts, train=True)}
         log(f"loader: {json.dumps(out['loader'])}")
@@ -121,7 +125,7 @@ def sample_images(dataset: Path, n: int, image_size: int):
     import torch
 
     from entropy_ft.data.loader import ParquetImages
-    from entropy_ft.steps.profile import stratified_indices
+    from entropy_ft.data.sample import stratified_indices
 
     ds = ParquetImages(dataset, "train", image_size=image_size)
     idx = stratified_indices(ds.labels, n, 0)
@@ -131,9 +135,9 @@ def sample_images(dataset: Path, n: int, image_size: int):
 def profile_cost(args, dataset: Path) -> dict:
     import torch
 
-    from entropy_ft.entropy import profile_entropy, tap_points
-    from entropy_ft.models import build_model
-    from entropy_ft.steps.profile import ModelInputs
+    from entropy_ft.data.sample import ModelInputs
+    from entropy_ft.model.factory import build_model
+    from entropy_ft.selection.entropy import profile_entropy, tap_points
 
     images, _ = sample_images(dataset, args.profile_images, args.image_size)
     model, _ = build_model(args.arch, 4, args.weights)
@@ -206,16 +210,16 @@ def selection_layers(args, dataset: Path) -> dict[str, list[str]]:
     """Conv layers per strategy: entropy (below-mean, profiled like ``entropy-ft profile``), full, head."""
     import torch
 
-    from entropy_ft.entropy import profile_entropy, tap_points
-    from entropy_ft.models import build_model
-    from entropy_ft.selection import layer_costs, parse_rule, select_by_entropy, strategy_layers
-    from entropy_ft.steps.profile import ModelInputs
+    from entropy_ft.data.sample import ModelInputs
+    from entropy_ft.model.factory import build_model, measure_backbone
+    from entropy_ft.selection.entropy import profile_entropy, tap_points
+    from entropy_ft.selection.rules import parse_rule, select_by_entropy, strategy_layers
 
     images, _ = sample_images(dataset, args.profile_images, args.image_size)
     model, _ = build_model(args.arch, 4, args.weights)
     model = model.to(memory_format=torch.channels_last)
     rows = profile_entropy(model, tap_points(model, args.arch, "conv"), ModelInputs(images, 32))
-    costs = layer_costs(model, args.arch)
+    costs = measure_backbone(model, args.arch).costs
     return {"entropy": select_by_entropy({r.name: r.entropy for r in rows}, costs, parse_rule("below-mean")),
             "full": strategy_layers("full", list(costs)), "head": strategy_layers("head", list(costs))}
 
@@ -226,9 +230,9 @@ def train_steps(spec: dict) -> dict:
     from torch import nn
 
     from entropy_ft.data.loader import ParquetImages, to_model_input
-    from entropy_ft.freezing import apply_selection, split_frozen_prefix
-    from entropy_ft.models import build_model, trainable_module_names
-    from entropy_ft.precision import autocast
+    from entropy_ft.model.factory import build_model, trainable_module_names
+    from entropy_ft.model.freezing import apply_selection, split_frozen_prefix
+    from entropy_ft.training.precision import autocast
 
     torch.manual_seed(0)
     ds = ParquetImages(spec["dataset"], "train", image_size=spec["image_size"])
@@ -314,15 +318,16 @@ def training_memory(run: dict) -> float:
 
 
 def epoch_cost(args, dataset: Path) -> dict:
-    from entropy_ft.models import build_model, trainable_module_names
-    from entropy_ft.precision import resolve_precision
-
     import torch
+
+    from entropy_ft.model.factory import build_model, trainable_module_names
+    from entropy_ft.training.precision import resolve_precision
 
     layers = selection_layers(args, dataset)
     precision = resolve_precision("auto", torch.device("cpu"))
     base = {"dataset": str(dataset), "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
-            "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "channels_last": True, "precision": precision}
+            "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "channels_last": True,
+            "precision": precision}
     model, _ = build_model(args.arch, 4, args.weights)
     flops = conv_flops(model, args.image_size)
     runs, analytic = {}, {}
@@ -349,16 +354,16 @@ def epoch_cost(args, dataset: Path) -> dict:
 
 
 def precision_cost(args, dataset: Path) -> dict:
-    from entropy_ft.precision import cpu_has_native_bf16
+    from entropy_ft.model.factory import build_model, conv_layers
+    from entropy_ft.training.precision import cpu_has_native_bf16
 
     base = {"dataset": str(dataset), "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
             "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "layers": None}
-    from entropy_ft.models import build_model, conv_layers
-
     base["layers"] = conv_layers(build_model(args.arch, 4, "none")[0], args.arch)  # full fine-tuning
     fp32 = in_fresh_process(train_steps, {**base, "channels_last": False, "precision": "fp32"})
     bf16 = in_fresh_process(train_steps, {**base, "channels_last": True, "precision": "bf16"})
-    result = {"arch": args.arch, "image_size": args.image_size, "strategy": "full", "native_bf16": cpu_has_native_bf16(),
+    result = {"arch": args.arch, "image_size": args.image_size, "strategy": "full",
+              "native_bf16": cpu_has_native_bf16(),
               "fp32_nchw_seconds": fp32["seconds"], "bf16_channels_last_seconds": bf16["seconds"],
               "speedup": fp32["seconds"] / bf16["seconds"],
               "peak_rss_growth_ratio": bf16["peak_rss_growth_mb"] / fp32["peak_rss_growth_mb"]}
@@ -373,28 +378,34 @@ def direct_pipeline(spec: dict) -> dict:
     """The training pipeline's steps called in this process, as the KFP components call them."""
     os.environ["ENTROPY_FT_HOME"] = spec["root"]
     os.environ["ENTROPY_FT_NO_PROGRESS"] = "1"
-    from entropy_ft import tracking
     from entropy_ft.steps import evaluate, finetune, ingest, profile, register, select
+    from entropy_ft.tracking import runs as tracking
 
     root, a = Path(spec["root"]), spec["arguments"]
     started = time.perf_counter()
-    ingest.run(ingest.Config((a["data"],), str(root / "dataset"), image_size=a["image_size"], seed=a["seed"]))
-    profile.run(profile.Config(str(root / "dataset"), a["arch"], a["weights"], str(root / "profile"),
-                               images=a["profile_images"], seed=a["seed"]))
-    select.run(select.Config(str(root / "profile"), a["strategy"], str(root / "selection"), rule=a["rule"], seed=a["seed"]))
+    ingest.run(ingest.Config(sources=(a["data"],), out=str(root / "dataset"), image_size=a["image_size"],
+                             seed=a["seed"]))
+    profile.run(profile.Config(dataset=str(root / "dataset"), arch=a["arch"], weights=a["weights"],
+                               out=str(root / "profile"), images=a["profile_images"], seed=a["seed"]))
+    select.run(select.Config(profile=str(root / "profile"), strategy=a["strategy"], out=str(root / "selection"),
+                             rule=a["rule"], seed=a["seed"]))
     run_id = tracking.ensure_run(None, "perf-direct", tracking.pipeline_tags(None, None, "direct"))
     finetune.run(finetune.Config(dataset=str(root / "dataset"), selection=str(root / "selection" / "selection.json"),
-                                 out=str(root / "model"), epochs=a["epochs"], batch_size=a["batch_size"], seed=a["seed"]),
+                                 out=str(root / "model"), epochs=a["epochs"], batch_size=a["batch_size"],
+                                 seed=a["seed"]),
                  on_epoch_end=tracking.epoch_logger(run_id))
-    evaluate.run(evaluate.Config(str(root / "model"), str(root / "dataset"), str(root / "eval"), seed=a["seed"]))
+    evaluate.run(evaluate.Config(model=str(root / "model"), dataset=str(root / "dataset"), out=str(root / "eval"),
+                                 seed=a["seed"]))
     register.run(register.Config(model=str(root / "model"), eval=str(root / "eval" / "eval.json"),
-                                 model_name=a["model_name"], run_id=run_id, profile=str(root / "profile" / "profile.json"),
+                                 model_name=a["model_name"], run_id=run_id,
+                                 profile=str(root / "profile" / "profile.json"),
                                  selection=str(root / "selection" / "selection.json")))
     return {"seconds": time.perf_counter() - started}
 
 
 def pipeline_cost(args, tmp: Path) -> dict:
-    arguments = {"data": f"synthetic:{args.pipeline_images}", "image_size": 64, "arch": args.arch, "weights": args.weights,
+    arguments = {"data": f"synthetic:{args.pipeline_images}", "image_size": 64, "arch": args.arch,
+                 "weights": args.weights,
                  "profile_images": 128, "strategy": "entropy", "rule": "below-mean", "seed": 0,
                  "epochs": args.pipeline_epochs, "batch_size": 32, "model_name": "perf"}
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ENTROPY_FT_HOME")}
@@ -452,7 +463,8 @@ def markdown(meta: dict, r: dict) -> str:
              "| figure | measured | ratio | goal |", "|---|---|---:|---|"]
     if "ingest" in r:
         i = r["ingest"]
-        lines.append(row(f"ingest whole Kaggle archive ({i['files']} files, {i['image_size']} px)", f"{i['seconds']:.1f} s",
+        lines.append(row(f"ingest whole Kaggle archive ({i['files']} files, {i['image_size']} px)",
+                         f"{i['seconds']:.1f} s",
                          f"{i['files_per_second']:.0f} files/s", ""))
     for kind, label in (("eval", "no augmentation"), ("train", "training augmentation")):
         if "loader" in r:
@@ -462,7 +474,8 @@ def markdown(meta: dict, r: dict) -> str:
                              f"{x['speedup']:.2f}x", verdict(x["speedup"], GOALS["loader_" + kind])))
     if "profile" in r:
         x = r["profile"]
-        lines.append(row(f"entropy profiling / plain inference ({x['images']} images, {x['image_size']} px, {x['arch']})",
+        lines.append(row(f"entropy profiling / plain inference "
+                         f"({x['images']} images, {x['image_size']} px, {x['arch']})",
                          f"{x['profile_seconds']:.2f} vs {x['plain_seconds']:.2f} s", f"{x['ratio']:.2f}",
                          verdict(x["ratio"], GOALS["profile"])))
     for s in ("entropy", "head"):
@@ -470,15 +483,19 @@ def markdown(meta: dict, r: dict) -> str:
             x, full = r["epoch"], r["epoch"]["runs"]["full"]
             q, run = x["ratios"][s], x["runs"][s]
             lines.append(row(f"training step time, {s} / full ({x['layers'][s]} vs {x['layers']['full']} conv layers, "
-                             f"{x['precision']})", f"{run['seconds']:.2f} vs {full['seconds']:.2f} s", f"{q['time']:.2f}",
-                             f"analytic: backward FLOPs {q['backward_flops']:.2f}, whole step FLOPs {q['step_flops']:.2f}"))
+                             f"{x['precision']})", f"{run['seconds']:.2f} vs {full['seconds']:.2f} s",
+                             f"{q['time']:.2f}",
+                             f"analytic: backward FLOPs {q['backward_flops']:.2f}, "
+                             f"whole step FLOPs {q['step_flops']:.2f}"))
             lines.append(row(f"training memory, {s} / full (saved activations + gradients + AdamW state)",
-                             f"{training_memory(run):.0f} vs {training_memory(full):.0f} MB", f"{q['training_memory']:.2f}",
+                             f"{training_memory(run):.0f} vs {training_memory(full):.0f} MB",
+                             f"{q['training_memory']:.2f}",
                              f"measured peak RSS growth while training: ratio {q['peak_rss_growth']:.2f} "
                              f"({run['peak_rss_growth_mb']:.0f} vs {full['peak_rss_growth_mb']:.0f} MB)"))
     if "precision" in r:
         x = r["precision"]
-        lines.append(row(f"full fine-tuning step, fp32 NCHW / bf16 autocast + channels_last (native bf16: {x['native_bf16']})",
+        lines.append(row("full fine-tuning step, fp32 NCHW / bf16 autocast + channels_last "
+                         f"(native bf16: {x['native_bf16']})",
                          f"{x['fp32_nchw_seconds']:.2f} vs {x['bf16_channels_last_seconds']:.2f} s",
                          f"{x['speedup']:.2f}x faster with bf16", ""))
     if "pipeline" in r:
@@ -545,11 +562,13 @@ def main(argv: list[str] | None = None) -> None:
         if "pipeline" in figures:
             results["pipeline"] = pipeline_cost(args, tmp)
     finished = datetime.now(timezone.utc)
-    meta = {"command": shlex.join([".venv/bin/python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)]),
+    command = [".venv/bin/python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)]
+    meta = {"command": shlex.join(command),
             "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "repeats": args.repeats, "load_at_start": round(load, 2)}
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "perf.json").write_text(json.dumps({"schema_version": 1, **meta, "results": results}, indent=2) + "\n")
+    (args.results / "perf.json").write_text(
+        json.dumps({"schema_version": 1, **meta, "results": results}, indent=2) + "\n")
     (args.results / "perf.md").write_text(markdown(meta, results))
     log(f"wrote {args.results / 'perf.md'}")
 

@@ -21,11 +21,11 @@ import torch
 
 from entropy_ft.data.format import load_manifest
 from entropy_ft.data.loader import ParquetImages
-from entropy_ft.entropy import ESTIMATORS, TAPS, profile_entropy, tap_points
-from entropy_ft.models import build_model
-from entropy_ft.precision import resolve_device
-from entropy_ft.selection import accounting, layer_costs, parse_rule, select_by_entropy
-from entropy_ft.steps.profile import ModelInputs, load_images, stratified_indices
+from entropy_ft.data.sample import ModelInputs, load_images, stratified_indices
+from entropy_ft.model.factory import build_model, measure_backbone
+from entropy_ft.selection.entropy import ESTIMATORS, TAPS, profile_entropy, tap_points
+from entropy_ft.selection.rules import parse_rule, select_by_entropy
+from entropy_ft.training.precision import resolve_device
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
@@ -55,13 +55,14 @@ def main() -> None:
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    classes = load_manifest(args.dataset)["classes"]
+    classes = load_manifest(args.dataset).classes
     ds = ParquetImages(args.dataset, "train")
     images = load_images(ds, stratified_indices(ds.labels, args.images, 0)).to(device)
     model, _ = build_model(args.arch, len(classes), args.weights)
     model = model.to(device, memory_format=torch.channels_last).eval()
     batches = ModelInputs(images, args.batch_size)
-    costs = layer_costs(model, args.arch)
+    structure = measure_backbone(model, args.arch)
+    costs = structure.costs
 
     def plain() -> None:
         with torch.inference_mode():
@@ -74,11 +75,12 @@ def main() -> None:
     for estimator in ESTIMATORS:
         for tap in TAPS:
             taps = tap_points(model, args.arch, tap)
-            seconds, result = _timed(lambda: profile_entropy(model, taps, batches, args.bins, estimator), device, args.repeats)
+            seconds, result = _timed(lambda: profile_entropy(model, taps, batches, args.bins, estimator), device,
+                                     args.repeats)
             again = profile_entropy(model, taps, batches, args.bins, estimator)
             entropy = {r.name: r.entropy for r in result}
             layers = select_by_entropy(entropy, costs, parse_rule("below-mean"))
-            acc = accounting(model, args.arch, layers)
+            acc = structure.accounting(layers)
             rows.append({
                 "estimator": estimator, "tap": tap, "selected_layers": len(layers),
                 "trainable_params": acc["trainable_params"], "reduction_vs_full": round(acc["reduction_vs_full"], 4),

@@ -5,19 +5,29 @@ from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int,
            dataset: Output[Dataset], report: Output[Markdown], metrics: Output[Metrics]):
-    """Ingest ``data`` (comma-separated sources) into Parquet shards with a manifest."""
+    """Ingest the sources into Parquet shards with a manifest.
+
+    Args:
+        data: source(s), comma-separated: folder, .zip, .tar[.gz], s3:// prefix, or synthetic:N.
+        layout: how the sources are organised (auto, kaggle, brisc2025, imagefolder).
+        image_size: square side in pixels after preprocessing.
+        duplicates: what to do with duplicate groups that cross splits (report, drop, fail).
+        seed: seed of the carved splits.
+        dataset: the Dataset artifact (Parquet shards and manifest.json).
+        report: images per split and class, duplicates and quarantine.
+        metrics: the step's summary numbers.
+    """
     from pathlib import Path
 
-    from entropy_ft.components import kfp_io
+    from entropy_ft import kfp_outputs
     from entropy_ft.data.format import load_manifest
+    from entropy_ft.options import csv
     from entropy_ft.reports import dataset_markdown
     from entropy_ft.steps import ingest as step
 
-    summary = step.run(step.Config(sources=kfp_io.sources(data), out=dataset.path, layout=layout,
-                                   image_size=image_size, duplicates=duplicates, seed=seed))
-    manifest = load_manifest(dataset.path)
-    Path(report.path).write_text(dataset_markdown(manifest))
-    kfp_io.log_numbers(metrics, {"images": summary["images"], "quarantined": summary["quarantined"],
-                                 **{f"{k}_images": v for k, v in manifest["totals"].items()}})
-    dataset.metadata.update({"classes": manifest["classes"], "totals": manifest["totals"]})
-    kfp_io.before_exit()
+    summary = kfp_outputs.run_step(step, "ingest", sources=csv(data), out=dataset.path, layout=layout,
+                                   image_size=image_size, duplicates=duplicates, seed=seed)
+    Path(report.path).write_text(dataset_markdown(load_manifest(dataset.path)))
+    kfp_outputs.log_numbers(metrics, summary)
+    dataset.metadata.update({"classes": summary["classes"], "totals": summary["totals"]})
+    kfp_outputs.before_exit()

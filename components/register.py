@@ -6,18 +6,32 @@ from kfp.dsl import Artifact, Input, Markdown, Model, Output
 def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Artifact], selection: Input[Artifact],
              model_name: str, promote: str, mlflow_run_id: str, kfp_run_id: str, kfp_run_name: str,
              pipeline_name: str, report: Output[Markdown]) -> str:
-    """Register a new model version; ``champion`` moves only as ``promote`` allows. Returns the version."""
+    """Register a new model version; ``champion`` moves only as ``promote`` allows. Returns the version.
+
+    Args:
+        model: the Model artifact from finetune.
+        evaluation: the eval artifact of that model.
+        profile: the profile artifact (logged with the run).
+        selection: the selection artifact (logged with the run).
+        model_name: registered model name.
+        promote: better, always or never.
+        mlflow_run_id: the MLflow run finetune opened ("" to create one).
+        kfp_run_id: the KFP run id (tags the MLflow run).
+        kfp_run_name: the KFP run name.
+        pipeline_name: the pipeline's name.
+        report: what the gate decided, as a Markdown table.
+    """
     from pathlib import Path
 
-    from entropy_ft.components import kfp_io
+    from entropy_ft import kfp_outputs
     from entropy_ft.reports import registration_markdown
     from entropy_ft.steps import register as step
 
-    summary = step.run(step.Config(
-        model=model.path, eval=str(Path(evaluation.path, "eval.json")), model_name=model_name, promote=promote,
+    summary = kfp_outputs.run_step(
+        step, "register", model=model.path, eval=evaluation.path, model_name=model_name, promote=promote,
         run_id=mlflow_run_id or None, kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, pipeline_name=pipeline_name,
-        profile=str(Path(profile.path, "profile.json")), selection=str(Path(selection.path, "selection.json")),
-    ))
+        profile=profile.path, selection=selection.path,
+    )
     Path(report.path).write_text(registration_markdown(summary))
-    kfp_io.before_exit()
+    kfp_outputs.before_exit()
     return str(summary["version"])

@@ -11,8 +11,8 @@ import importlib
 import json
 import sys
 
-from .errors import UserError
-from .logs import log, setup_logging
+from entropy_ft.errors import UserError
+from entropy_ft.logs import log, setup_logging
 
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,10 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("entropy_ft.steps.evaluate", "test metrics under Gaussian pixel noise (eval.json + plot)"),
     "register": ("entropy_ft.steps.register", "register a model in MLflow; alias champion only if it beats the current one"),
     "compare": ("entropy_ft.steps.compare", "strategies side by side: accuracy, parameters, robustness (comparison table)"),
-    "run": ("entropy_ft.steps.run", "run the training (or ablation) pipeline locally through kfp.local: the main job"),
-    "compile": ("entropy_ft.steps.compile", "write the compiled pipeline YAML with cluster settings"),
-    "submit": ("entropy_ft.steps.submit", "upload the pipeline to a KFP endpoint and start a run"),
-    "schedule": ("entropy_ft.steps.schedule", "create a recurring (cron) run on a KFP endpoint"),
+    "run": ("entropy_ft.pipelines.run", "run the training (or ablation) pipeline locally through kfp.local: the main job"),
+    "compile": ("entropy_ft.pipelines.compile", "write the compiled pipeline YAML with cluster settings"),
+    "submit": ("entropy_ft.pipelines.submit", "upload the pipeline to a KFP endpoint and start a run"),
+    "schedule": ("entropy_ft.pipelines.schedule", "create a recurring (cron) run on a KFP endpoint"),
 }
 
 
@@ -51,7 +51,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        mod.add_arguments(p)
+        mod.Config.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
@@ -63,13 +63,13 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command(argv)).parse_args(argv)
-    setup_logging(args.verbose)
+    command = _command(argv)
     try:
-        cfg = args._module.config_from_args(args)
-        summary = args._module.run(cfg)
+        args = build_parser(command).parse_args(argv)
+        setup_logging(args.verbose)
+        summary = args._module.run(args._module.Config.from_args(args))
     except UserError as exc:
-        print(f"entropy-ft {args.command}: error: {exc}", file=sys.stderr)
+        print(f"entropy-ft {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from entropy_ft.errors import UserError, short
 
 
 def is_s3(uri: str) -> bool:
@@ -66,7 +66,7 @@ def read_bytes(uri: str) -> bytes:
         try:
             return s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
         except Exception as exc:  # botocore raises many kinds; all mean "cannot read it"
-            raise UserError(f"{uri}: cannot read from S3 ({_short(exc)})") from exc
+            raise UserError(f"{uri}: cannot read from S3 ({short(exc)})") from exc
     try:
         return Path(uri).read_bytes()
     except FileNotFoundError as exc:
@@ -169,7 +169,7 @@ def _list_keys(client, loc: S3Location) -> list[str]:
                 if key == loc.key or not loc.key or key.startswith(loc.key.rstrip("/") + "/"):
                     keys.append(key)
     except Exception as exc:
-        raise UserError(f"{loc}: cannot list S3 prefix ({_short(exc)})") from exc
+        raise UserError(f"{loc}: cannot list S3 prefix ({short(exc)})") from exc
     return sorted(keys)
 
 
@@ -216,8 +216,3 @@ def upload_dir(local: Path, uri: str) -> None:
     for key in _list_keys(client, loc):
         if key not in wanted:
             client.delete_object(Bucket=loc.bucket, Key=key)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]

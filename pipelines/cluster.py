@@ -7,39 +7,78 @@ no value is ever written into a compiled pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from entropy_ft.errors import UserError
+from entropy_ft import __version__
+from entropy_ft.options import Options, at_least, option
 
+IMAGE_REPOSITORY = "ghcr.io/entropy-ft/entropy-ft"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 MLFLOW_SECRET_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                       "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
-@dataclass(frozen=True)
-class ClusterOptions:
-    image: str = ""  # empty: entropy_ft.images.default_image()
-    gpu_image: str = ""  # empty: the CUDA variant of the default image
-    accelerator_type: str = "nvidia.com/gpu"
-    gpus: int = 1  # 0 trains on CPU
-    cpu_request: str = "4"
-    memory_request: str = "16G"
-    memory_limit: str = "32G"
-    shm_size: str = "8Gi"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict] = field(default_factory=list)  # {key, operator, value, effect}
-    s3_secret: str = "entropy-ft-s3"
-    mlflow_secret: str = "entropy-ft-mlflow"
-    settings_configmap: str = "entropy-ft-settings"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL (manifests/base/settings.yaml)
-    retries: int = 3
+def default_image(cuda: bool = False, version: str = __version__) -> str:
+    """The released image of this version, ``<repo>:<version>`` (``-cuda`` for GPU steps); built from
+    images/Dockerfile and images/Dockerfile.cuda, which declare the same references (a test checks it)."""
+    return f"{IMAGE_REPOSITORY}:{version}{'-cuda' if cuda else ''}"
 
-    def __post_init__(self) -> None:
-        if self.gpus < 0:
-            raise UserError(f"--gpus {self.gpus}: must be 0 or more")
+
+def _node_selector_problem(items: tuple[str, ...]) -> str | None:
+    bad = [item for item in items if not item.partition("=")[0] or "=" not in item]
+    return f"{bad[0]!r} is not KEY=VALUE" if bad else None
+
+
+def _toleration_problem(items: tuple[str, ...]) -> str | None:
+    bad = [item for item in items if item.rpartition(":")[2] not in EFFECTS or ":" not in item]
+    return f"{bad[0]!r} is not KEY[=VALUE]:{'|'.join(EFFECTS)}" if bad else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions(Options):
+    """The cluster settings; each field is a flag of ``compile``, ``submit`` and ``schedule``."""
+
+    image: str = option("", help="component image (default: the released image of this version)")
+    gpu_image: str = option("", help="image for finetune when it gets a GPU (default: the CUDA variant)")
+    gpus: int = option(1, check=at_least(0), help="GPUs for finetune (0 trains on CPU)")
+    accelerator_type: str = option("nvidia.com/gpu", help="the GPU resource name")
+    cpu_request: str = option("4", help="CPU request of the finetune pod")
+    memory_request: str = option("16G", help="memory request of the finetune pod")
+    memory_limit: str = option("32G", help="memory limit of the finetune pod")
+    shm_size: str = option("8Gi", help="/dev/shm for DataLoader workers")
+    node_selector: tuple[str, ...] = option((), action="append", metavar="KEY=VALUE", check=_node_selector_problem,
+                                            help="node label the finetune pod must match (repeatable)")
+    toleration: tuple[str, ...] = option((), action="append", metavar="KEY[=VALUE]:EFFECT", check=_toleration_problem,
+                                         help="taint the finetune pod tolerates, e.g. nvidia.com/gpu:NoSchedule "
+                                              "(repeatable)")
+    s3_secret: str = option("entropy-ft-s3", help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    mlflow_secret: str = option("entropy-ft-mlflow",
+                                help="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (optional)")
+    settings_configmap: str = option("entropy-ft-settings",
+                                     help="ConfigMap with MLFLOW_TRACKING_URI and AWS_ENDPOINT_URL "
+                                          "(manifests/base/settings.yaml)")
+    retries: int = option(3, cli=False, help="retries of a task that talks to storage or MLflow")
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        super().add_arguments(parser.add_argument_group("cluster settings (compiled into the YAML)"))
+
+    @property
+    def node_selectors(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.node_selector)
+
+    @property
+    def tolerations(self) -> list[dict]:
+        """{key, operator, value, effect} per --toleration."""
+        out = []
+        for item in self.toleration:
+            kv, _, effect = item.rpartition(":")
+            key, eq, value = kv.partition("=")
+            out.append({"key": key, "operator": "Equal" if eq else "Exists", "value": value or None, "effect": effect})
+        return out
 
     def step_image(self, gpu: bool = False) -> str:
-        from entropy_ft.images import default_image
-
         if gpu and self.gpus > 0:
             return self.gpu_image or default_image(cuda=True)
         return self.image or default_image()
@@ -78,7 +117,7 @@ def trains(task, opts: ClusterOptions) -> None:
         task.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
     task.set_cpu_request(opts.cpu_request).set_memory_request(opts.memory_request).set_memory_limit(opts.memory_limit)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=opts.shm_size)
-    for key, value in opts.node_selector.items():
+    for key, value in opts.node_selectors.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for tol in opts.tolerations:
         kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"),

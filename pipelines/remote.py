@@ -11,16 +11,68 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from entropy_ft import __version__
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
+from entropy_ft.options import Options, option
+
+from . import PIPELINES
+from .cluster import ClusterOptions
 
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected service-account token
+
+
+def _experiment_problem(name: str) -> str | None:
+    return None if name.strip() else "must not be empty"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteConfig(Options):
+    """What ``submit`` and ``schedule`` share: the endpoint, the experiment, the pipeline's
+    parameters and the cluster settings it is compiled with."""
+
+    pipeline: str = option("training", choices=PIPELINES, help="which pipeline to upload")
+    host: str | None = option(None, help="KFP endpoint URL (default: $KF_PIPELINES_ENDPOINT)")
+    token: str | None = option(None, help="bearer token (default: $KF_PIPELINES_TOKEN or the in-cluster token)")
+    experiment: str = option("entropy-ft", check=_experiment_problem, help="KFP experiment to run in (created if missing)")
+    pipeline_name: str = option("", help="name of the uploaded pipeline (default: entropy-ft-<pipeline>)")
+    arguments: dict = field(default_factory=dict)  # the pipeline parameters, from the flags
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        from .definitions import add_pipeline_flags
+
+        super().add_arguments(parser)
+        add_pipeline_flags(parser)
+        ClusterOptions.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args, **overrides):
+        from .definitions import arguments_from_args
+
+        return super().from_args(args, arguments=arguments_from_args(args, args.pipeline),
+                                 cluster=ClusterOptions.from_args(args), **overrides)
+
+
+def upload(cfg: RemoteConfig) -> tuple[object, str, str, str]:
+    """Compile with the cluster settings and upload as a new pipeline version: (client, name, pipeline id, version id)."""
+    from .compile import compile_to
+
+    endpoint = Endpoint.resolve(cfg.host, cfg.token)
+    kfp_client = client(endpoint)
+    name = cfg.pipeline_name or f"entropy-ft-{cfg.pipeline}"
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_to(cfg.pipeline, cfg.cluster, Path(tmp, f"{name}.yaml"))
+        pipeline_id, version_id = upload_version(kfp_client, package, name, version_name(__version__))
+    return kfp_client, name, pipeline_id, version_id
 
 
 @dataclass(frozen=True)

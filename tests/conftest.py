@@ -43,5 +43,5 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     from entropy_ft.steps import ingest
 
     out = tmp_path_factory.mktemp("data") / "synthetic"
-    ingest.run(ingest.Config(("synthetic:160",), str(out), image_size=32, seed=0))
+    ingest.run(ingest.Config(sources=("synthetic:160",), out=str(out), image_size=32, seed=0))
     return out

@@ -8,7 +8,7 @@ import functools
 import json
 from pathlib import Path
 
-from entropy_ft import models
+from entropy_ft.model import factory as models
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from entropy_ft import archs
 from entropy_ft.errors import UserError
-from entropy_ft.models import ARCHITECTURES, backbone, build_model
+from entropy_ft.model import archs
+from entropy_ft.model.factory import ARCHITECTURES, build_model, measure_backbone
 
 HEAVY = ("torch", "torchvision", "mlflow")
 
@@ -25,12 +25,12 @@ def test_the_tables_cover_exactly_the_supported_architectures():
 @pytest.mark.parametrize("num_classes", [2, 4, 10])
 def test_tables_match_the_built_model(arch, num_classes):
     model, _ = build_model(arch, num_classes, "none")
-    assert archs.backbone(arch, num_classes) == backbone(model, arch)
+    assert archs.backbone(arch, num_classes) == measure_backbone(model, arch)
 
 
 def test_accounting_from_tables_matches_the_model():
     model, _ = build_model("squeezenet1_1", 4, "none")
-    built, table = backbone(model, "squeezenet1_1"), archs.backbone("squeezenet1_1", 4)
+    built, table = measure_backbone(model, "squeezenet1_1"), archs.backbone("squeezenet1_1", 4)
     layers = random.Random(0).sample(list(table.costs), 7)
     assert table.accounting(layers) == built.accounting(layers)
     assert table.accounting([])["trainable_modules"] == ["classifier.1"]
@@ -53,9 +53,9 @@ def test_select_runs_without_importing_torch_or_mlflow(tmp_path: Path):
     (tmp_path / "profile.json").write_text(json.dumps({"arch": "resnet18", "num_classes": 4, "layers": layers}))
     code = (
         "import json, sys\n"
-        "from entropy_ft.components import kfp_io\n"
+        "from entropy_ft import kfp_outputs\n"
         "from entropy_ft.steps import select\n"
-        f"select.run(select.Config({str(tmp_path)!r}, 'entropy', {str(tmp_path / 'sel')!r}))\n"
+        f"select.run(select.Config(profile={str(tmp_path)!r}, strategy='entropy', out={str(tmp_path / 'sel')!r}))\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -17,14 +17,14 @@ from entropy_ft.steps import ingest
 
 def test_synthetic_dataset_manifest_matches_shards(synthetic_dataset):
     manifest = load_manifest(synthetic_dataset)
-    assert manifest["classes"] == synthetic.CLASSES
-    assert sum(manifest["totals"].values()) == 160
+    assert manifest.classes == synthetic.CLASSES
+    assert sum(manifest.totals.values()) == 160
     for split in ("train", "val", "test"):
         table = read_split(synthetic_dataset, split)
-        assert len(table) == manifest["totals"][split]
+        assert len(table) == manifest.totals[split]
         for cls in synthetic.CLASSES:  # stratified: every class in every split
-            assert manifest["counts"][split][cls] > 0
-    for shard in manifest["shards"]:
+            assert manifest.counts[split][cls] > 0
+    for shard in manifest.shards:
         data = (synthetic_dataset / shard["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
 
@@ -32,10 +32,10 @@ def test_synthetic_dataset_manifest_matches_shards(synthetic_dataset):
 def test_synthetic_is_deterministic_and_shards_byte_identical(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
-        ingest.run(ingest.Config(("synthetic:40",), str(out), image_size=32, seed=3))
+        ingest.run(ingest.Config(sources=("synthetic:40",), out=str(out), image_size=32, seed=3))
     assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
     c = tmp_path / "c"
-    ingest.run(ingest.Config(("synthetic:40",), str(c), image_size=32, seed=4))
+    ingest.run(ingest.Config(sources=("synthetic:40",), out=str(c), image_size=32, seed=4))
     assert json.loads((c / "manifest.json").read_text())["shards"] != json.loads((a / "manifest.json").read_text())["shards"]
 
 
@@ -72,7 +72,7 @@ def test_loader_replicates_gray_to_three_channels_and_normalises(synthetic_datas
 
 def test_rejects_too_few_synthetic_images(tmp_path):
     with pytest.raises(UserError, match="at least 28"):
-        ingest.run(ingest.Config(("synthetic:10",), str(tmp_path / "x"), image_size=32))
+        ingest.run(ingest.Config(sources=("synthetic:10",), out=str(tmp_path / "x"), image_size=32))
 
 
 def test_missing_dataset_is_a_user_error(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from entropy_ft import entropy
 from entropy_ft.data.loader import to_model_input
-from entropy_ft.entropy import TapPoint, entropy_bits, profile_entropy, rebin, tap_points
-from entropy_ft.models import build_model, conv_layers
-from entropy_ft.selection import Rule, layer_costs, select_by_entropy
-from entropy_ft.serving import model_pixels
+from entropy_ft.model.factory import build_model, conv_layers, measure_backbone
+from entropy_ft.selection import entropy
+from entropy_ft.selection.entropy import TapPoint, entropy_bits, profile_entropy, rebin, tap_points
+from entropy_ft.selection.rules import Rule, select_by_entropy
+from entropy_ft.tracking.serving import model_pixels
 
 
 def _identity_conv(channels: int = 1) -> nn.Sequential:
@@ -312,7 +312,7 @@ def test_one_pass_matches_the_exact_two_pass_definition_on_mri(kaggle_zip, weigh
     exact = _exact_entropy(model, taps, batches, 256)
     worst = max(abs(got[n][i] - exact[n][i]) for n in taps for i in (0, 1))
     assert worst < 0.005, worst
-    costs = layer_costs(model, "resnet18")
+    costs = measure_backbone(model, "resnet18").costs
     chosen = select_by_entropy({n: e for n, (e, _) in got.items()}, costs, Rule("below-mean"))
     assert 0 < len(chosen) < len(taps)
     assert chosen == select_by_entropy({n: e for n, (e, _) in exact.items()}, costs, Rule("below-mean"))

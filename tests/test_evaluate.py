@@ -6,19 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from entropy_ft import models
 from entropy_ft.data.loader import LoaderConfig, make_loader
-from entropy_ft.evaluate import (
+from entropy_ft.evaluation.metrics import (
     accuracy,
     balanced_accuracy,
     classification_metrics,
     confusion_matrix,
     macro_f1,
-    noise_generator,
-    noise_robustness,
     per_class_recall,
-    predict,
 )
+from entropy_ft.evaluation.noise import noise_generator, noise_robustness, predict
+from entropy_ft.model import factory as models
 
 # true 0 0 0 1 1 2 / predicted 0 0 1 1 2 2
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from selection_factory import write_selection
 
 from entropy_ft.cli import main
 from entropy_ft.data.format import manifest_sha256
-from entropy_ft.model_dir import WEIGHTS_FILE, load_model_dir
-from selection_factory import write_selection
+from entropy_ft.model.model_dir import WEIGHTS_FILE, load_model_dir
 
 FAST = ["--precision", "fp32", "--device", "cpu"]
 

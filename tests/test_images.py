@@ -12,15 +12,15 @@ import fnmatch
 import io
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 
 from entropy_ft import __version__
-from entropy_ft.images import default_image
+from entropy_ft.pipelines.cluster import default_image
 from tests.lint_tools import REPO, assert_checkov_clean, checkov_reports, require_tool, run_tool
 
 DOCKERFILES = {"cpu": REPO / "images" / "Dockerfile", "cuda": REPO / "images" / "Dockerfile.cuda"}

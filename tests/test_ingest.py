@@ -21,7 +21,7 @@ SIZE = 32
 
 def run(sources, out, **kw) -> dict:
     kw.setdefault("workers", 1)
-    return ingest.run(ingest.Config(tuple(str(s) for s in sources), str(out), image_size=SIZE, **kw))
+    return ingest.run(ingest.Config(sources=tuple(str(s) for s in sources), out=str(out), image_size=SIZE, **kw))
 
 
 def rows(out: Path) -> dict[str, dict[str, tuple[str, str]]]:
@@ -59,7 +59,7 @@ def test_bad_files_are_quarantined_and_odd_modes_ingested(tmp_path):
     summary = run([src], out)
 
     manifest = load_manifest(out)
-    reasons = {e["file"].split("/", 1)[1]: e["kind"] for e in manifest["quarantine"]}
+    reasons = {e["file"].split("/", 1)[1]: e["kind"] for e in manifest.quarantine}
     assert reasons == {
         "glioma/truncated.jpg": "unreadable",
         "glioma/zero.jpg": "empty",
@@ -76,10 +76,10 @@ def test_bad_files_are_quarantined_and_odd_modes_ingested(tmp_path):
     assert len(written) == 4 * 6 + 3 == summary["images"]
     for name, cls in (("sixteen.png", "glioma"), ("cmyk.jpg", "meningioma"), ("rgba.png", "pituitary")):
         assert written[f"export/{cls}/{name}"] == cls
-    assert manifest["sources"][0]["layout"] == "imagefolder"
-    assert manifest["splits"]["test_carved_from"] == ["export"]
+    assert manifest.sources[0]["layout"] == "imagefolder"
+    assert manifest.splits["test_carved_from"] == ["export"]
     for split in ("train", "val", "test"):  # stratified: every class in every split
-        assert all(n > 0 for n in manifest["counts"][split].values()), split
+        assert all(n > 0 for n in manifest.counts[split].values()), split
     shapes = {}
     for split in ("train", "val", "test"):
         t = read_split(out, split, ["source", "height", "width", "channels"]).to_pylist()
@@ -113,16 +113,16 @@ def test_brisc_layout_with_label_conflict_and_segmentation_ignored(tmp_path):
     summary = run([src], out)
 
     manifest = load_manifest(out)
-    assert manifest["sources"][0]["layout"] == "brisc2025"
-    assert manifest["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
-    assert manifest["sources"][0]["class_aliases"] == {"no_tumor": "notumor"}
+    assert manifest.sources[0]["layout"] == "brisc2025"
+    assert manifest.classes == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert manifest.sources[0]["class_aliases"] == {"no_tumor": "notumor"}
     assert summary["ignored"] == 2
-    [conflict] = manifest["quarantine"]
+    [conflict] = manifest.quarantine
     assert conflict["file"] == f"brisc2025.zip/{wrong}" and conflict["kind"] == "label-conflict"
     assert "file name says meningioma, folder says glioma" in conflict["reason"]
-    assert manifest["counts"]["test"] == {c: 2 for c in manifest["classes"]}  # the source's test split stays test
-    assert {c: manifest["counts"]["train"][c] + manifest["counts"]["val"][c] for c in manifest["classes"]} == {
-        c: 5 for c in manifest["classes"]}
+    assert manifest.counts["test"] == {c: 2 for c in manifest.classes}  # the source's test split stays test
+    assert {c: manifest.counts["train"][c] + manifest.counts["val"][c] for c in manifest.classes} == {
+        c: 5 for c in manifest.classes}
 
 
 def test_kaggle_layout_in_a_tar_and_forced_layouts(tmp_path):
@@ -130,8 +130,8 @@ def test_kaggle_layout_in_a_tar_and_forced_layouts(tmp_path):
     src = make_tar(tmp_path / "kaggle.tar.gz", {f"wrapped/{k}": v for k, v in files.items()})
     out = tmp_path / "ds"
     run([src], out)
-    assert load_manifest(out)["sources"][0]["layout"] == "kaggle"
-    assert load_manifest(out)["totals"]["test"] == 8
+    assert load_manifest(out).sources[0]["layout"] == "kaggle"
+    assert load_manifest(out).totals["test"] == 8
 
     folder = write_tree(tmp_path / "plain", imagefolder(4))
     with pytest.raises(UserError, match="--layout kaggle expects Training/ and Testing/"):
@@ -157,7 +157,7 @@ def test_duplicates_report_drop_and_fail(tmp_path):
     src = duplicates_source(tmp_path)
     out = tmp_path / "report"
     summary = run([src], out)
-    d = load_manifest(out)["duplicates"]
+    d = load_manifest(out).duplicates
     assert d["policy"] == "report" and summary["images"] == 4 * 11 + 4 and not d["removed"]
     s = d["summary"]
     assert (s["exact_groups"], s["exact_extra_copies"], s["near_groups"]) == (3, 3, 1)
@@ -171,7 +171,7 @@ def test_duplicates_report_drop_and_fail(tmp_path):
 
     out = tmp_path / "drop"
     run([src], out, duplicates="drop")
-    d = load_manifest(out)["duplicates"]
+    d = load_manifest(out).duplicates
     removed = {r["source"].split("/", 1)[1] for r in d["removed"]}
     assert removed == {"test/glioma/exact_of_0.png", "test/glioma/near_of_1.png", "train/glioma/x_copy_of_2.png",
                        "train/glioma/gl_00003.png", "train/meningioma/relabelled_3.png"}
@@ -211,14 +211,14 @@ def test_sources_merge_with_a_source_column_and_cross_source_duplicates(tmp_path
     out = tmp_path / "ds"
     run([a, b], out)
     manifest = load_manifest(out)
-    assert [s["name"] for s in manifest["sources"]] == ["hospital-a.zip", "hospital-b"]
-    assert manifest["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert [s["name"] for s in manifest.sources] == ["hospital-a.zip", "hospital-b"]
+    assert manifest.classes == ["glioma", "meningioma", "notumor", "pituitary"]
     sources = {s.split("/", 1)[0] for split in rows(out).values() for s in split}
     assert sources == {"hospital-a.zip", "hospital-b"}
-    [group] = [g for g in manifest["duplicates"]["groups"] if g["kind"] == "exact"]
+    [group] = [g for g in manifest.duplicates["groups"] if g["kind"] == "exact"]
     assert {m["source"] for m in group["members"]} == {"hospital-a.zip/train/notumor/no_02000.png",
                                                        "hospital-b/no_tumor/copy_from_a.png"}
-    assert manifest["splits"]["test_carved_from"] == ["hospital-b"]
+    assert manifest.splits["test_carved_from"] == ["hospital-b"]
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/tmp/entropy-ft-evil.png", "ok/../../evil.png"])
@@ -246,7 +246,7 @@ def test_folder_symlink_outside_is_quarantined(tmp_path):
     (tmp_path / "secret.png").write_bytes(phantom_file(5, "glioma"))
     (src / "glioma" / "link.png").symlink_to(tmp_path / "secret.png")
     run([src], tmp_path / "ds")
-    [entry] = load_manifest(tmp_path / "ds")["quarantine"]
+    [entry] = load_manifest(tmp_path / "ds").quarantine
     assert entry["file"] == "src/glioma/link.png" and "outside the source" in entry["reason"]
 
 
@@ -280,7 +280,7 @@ def test_bad_sources_exit_2_naming_the_path(tmp_path, capsys):
     assert f"{texts}: no image files" in cli_error(capsys, str(texts), "--out", out)
     assert f"{tmp_path / 'missing'}: no such file" in cli_error(capsys, str(tmp_path / "missing"), "--out", out)
     with pytest.raises(UserError, match="--duplicates maybe"):
-        ingest.Config((str(flat),), out, duplicates="maybe")
+        ingest.Config(sources=(str(flat),), out=out, duplicates="maybe")
     assert not Path(out).exists()
 
 
@@ -292,4 +292,4 @@ def test_cli_prints_one_json_summary(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["classes"] == ["glioma", "healthy", "meningioma", "pituitary"]
     assert summary["quarantined"] == 1 and summary["images"] == 20
-    assert Counter(summary["totals"]) == Counter(load_manifest(tmp_path / "ds")["totals"])
+    assert Counter(summary["totals"]) == Counter(load_manifest(tmp_path / "ds").totals)

@@ -57,25 +57,25 @@ def test_kaggle_subset_counts_and_cross_split_duplicates(kaggle_zip, tmp_path):
     assert len(expected_groups) >= REAL_CROSS_SPLIT_GROUPS
 
     out = tmp_path / "ds"
-    summary = ingest.run(ingest.Config((str(subset),), str(out), image_size=32, workers=2))
+    summary = ingest.run(ingest.Config(sources=(str(subset),), out=str(out), image_size=32, workers=2))
     manifest = load_manifest(out)
 
-    assert manifest["sources"][0]["layout"] == "kaggle"
-    assert manifest["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert manifest.sources[0]["layout"] == "kaggle"
+    assert manifest.classes == ["glioma", "meningioma", "notumor", "pituitary"]
     in_archive = Counter(tuple(n.split("/")[:2]) for n in names if ".ipynb_checkpoints" not in n)
-    for cls in manifest["classes"]:
-        counts = manifest["counts"]
+    for cls in manifest.classes:
+        counts = manifest.counts
         assert counts["train"][cls] + counts["val"][cls] == in_archive[("Training", cls)]
         assert counts["test"][cls] == in_archive[("Testing", cls)]
         assert counts["val"][cls] > 0
     assert summary["images"] == sum(in_archive.values())
-    assert [e["kind"] for e in manifest["quarantine"]] == ["hidden"]
+    assert [e["kind"] for e in manifest.quarantine] == ["hidden"]
     assert len(read_split(out, "test")) == sum(v for (split, _), v in in_archive.items() if split == "Testing")
 
     prefix = "kaggle-subset.zip/"
     found = {
         frozenset(m["source"].removeprefix(prefix) for m in g["members"])
-        for g in manifest["duplicates"]["groups"]
+        for g in manifest.duplicates["groups"]
         if g["kind"] == "exact" and g["cross_split"]
     }
     assert found == expected_groups

@@ -27,15 +27,15 @@ def test_s3_prefix_and_archive_sources_to_s3_destination(s3_endpoint, tmp_path):
     client.upload_file(str(archive), "mri-in", "archives/more.zip")
 
     out = "s3://mri-out/datasets/mixed"
-    summary = ingest.run(ingest.Config(("s3://mri-in/export", "s3://mri-in/archives/more.zip"), out,
+    summary = ingest.run(ingest.Config(sources=("s3://mri-in/export", "s3://mri-in/archives/more.zip"), out=out,
                                        image_size=32, workers=1))
     assert summary["images"] == 4 * 5 + 4 * 3 and summary["quarantined"] == 1
 
     with storage.local_copy(out) as local:
         manifest = load_manifest(local)
-        assert [(s["name"], s["layout"]) for s in manifest["sources"]] == [("export", "imagefolder"), ("more.zip", "imagefolder")]
-        assert manifest["quarantine"][0]["file"] == "export/train/glioma/.DS_Store"
-        for shard in manifest["shards"]:
+        assert [(s["name"], s["layout"]) for s in manifest.sources] == [("export", "imagefolder"), ("more.zip", "imagefolder")]
+        assert manifest.quarantine[0]["file"] == "export/train/glioma/.DS_Store"
+        for shard in manifest.shards:
             assert hashlib.sha256((local / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
         sources = {s for split in ("train", "val", "test") for s in read_split(local, split, ["source"]).column("source").to_pylist()}
         assert {s.split("/", 1)[0] for s in sources} == {"export", "more.zip"}
@@ -43,9 +43,9 @@ def test_s3_prefix_and_archive_sources_to_s3_destination(s3_endpoint, tmp_path):
 
     # re-ingest into the same prefix: the new dataset replaces the old one, stale shards included
     client.put_object(Bucket="mri-out", Key="datasets/mixed/train/part-00009.parquet", Body=b"stale")
-    ingest.run(ingest.Config(("s3://mri-in/archives/more.zip",), out, image_size=32, workers=1))
+    ingest.run(ingest.Config(sources=("s3://mri-in/archives/more.zip",), out=out, image_size=32, workers=1))
     after = keys(client, "mri-out", "datasets/mixed/")
     with storage.local_copy(out) as local:
         manifest = load_manifest(local)
-    assert after == {"datasets/mixed/manifest.json"} | {f"datasets/mixed/{s['path']}" for s in manifest["shards"]}
-    assert sum(manifest["totals"].values()) == 12
+    assert after == {"datasets/mixed/manifest.json"} | {f"datasets/mixed/{s['path']}" for s in manifest.shards}
+    assert sum(manifest.totals.values()) == 12

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import socket
 
+import kfp_fake_server
 import pytest
 import yaml
 
-import kfp_fake_server
 from entropy_ft.cli import main
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from entropy_ft.cli import main
-from entropy_ft.images import default_image
+from entropy_ft.pipelines.cluster import default_image
 
 MARKER = "SECRET-MARKER-3f9a1c"
 
@@ -46,18 +46,18 @@ def _tasks(spec: dict) -> dict:
 def test_training_has_every_task_in_order(compiled):
     _, spec, _ = compiled["training"]
     tasks = _tasks(spec)
-    assert set(tasks) == {"ingest", "profile-entropy", "select-layers", "finetune", "evaluate-noise", "register"}
-    assert tasks["finetune"]["dependentTasks"] == ["ingest", "select-layers"]
-    assert set(tasks["register"]["dependentTasks"]) == {"evaluate-noise", "finetune", "profile-entropy", "select-layers"}
+    assert set(tasks) == {"ingest", "profile", "select", "finetune", "evaluate", "register"}
+    assert tasks["finetune"]["dependentTasks"] == ["ingest", "select"]
+    assert set(tasks["register"]["dependentTasks"]) == {"evaluate", "finetune", "profile", "select"}
 
 
 def test_ablation_fans_out_over_strategies_and_compares(compiled):
     _, spec, _ = compiled["ablation"]
     tasks = _tasks(spec)
-    assert {"ingest", "profile-entropy", "compare"} <= set(tasks)
+    assert {"ingest", "profile", "compare"} <= set(tasks)
     loop = next(t for t in tasks.values() if "iteratorPolicy" in t or "parameterIterator" in t)
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(inner) == {"select-layers", "finetune", "evaluate-noise"}
+    assert set(inner) == {"select", "finetune", "evaluate"}
     assert spec["root"]["inputDefinitions"]["parameters"]["strategies"]["defaultValue"] == [
         "entropy", "full", "head", "random"]
 
@@ -79,11 +79,11 @@ def test_gpu_resources_and_placement_on_finetune(compiled):
 def test_retries_caching_and_secret_references(compiled):
     _, spec, platform = compiled["training"]
     tasks = _tasks(spec)
-    for name in ("ingest", "profile-entropy"):
+    for name in ("ingest", "profile"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
-    for name in ("finetune", "register", "select-layers", "evaluate-noise"):
+    for name in ("finetune", "register", "select", "evaluate"):
         assert not tasks[name]["cachingOptions"].get("enableCache", False)
-    for name in ("ingest", "profile-entropy", "finetune", "evaluate-noise", "register"):
+    for name in ("ingest", "profile", "finetune", "evaluate", "register"):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {name: {s["secretName"] for s in ex.get("secretAsEnv", [])} for name, ex in executors.items()}
@@ -109,12 +109,12 @@ def test_bad_cluster_flags_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["training", "ablation"])
 def test_pipeline_parameters_are_the_flag_table(compiled, name):
-    """Every knob in pipelines/params.py is a pipeline parameter with the same default, and nothing else is."""
-    from entropy_ft.pipelines.params import params_for
+    """Every knob in the parameter table is a pipeline parameter with the same default, and nothing else is."""
+    from entropy_ft.pipelines.definitions import params_for
 
     _, spec, _ = compiled[name]
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    table = {p.name: p.default for p in params_for(name)}
+    table = {p.name: p.pipeline_default for p in params_for(name)}
     assert set(declared) == set(table)
     for key, default in table.items():
         assert declared[key]["defaultValue"] == default, key
@@ -122,14 +122,14 @@ def test_pipeline_parameters_are_the_flag_table(compiled, name):
 
 def test_finetune_checkpoints_outlive_the_pod(compiled, monkeypatch):
     """On a cluster finetune checkpoints under ENTROPY_FT_CHECKPOINT_ROOT, keyed by its output URI."""
-    from entropy_ft.components.kfp_io import checkpoint_dir
+    from entropy_ft.training.checkpoint import checkpoint_dir_for as checkpoint_dir
 
     _, _, platform = compiled["training"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
     keys = {k["envVar"] for cm in k8s["configMapAsEnv"] for k in cm["keyToEnv"]}
     assert "ENTROPY_FT_CHECKPOINT_ROOT" in keys
     monkeypatch.delenv("ENTROPY_FT_CHECKPOINT_ROOT", raising=False)
-    assert checkpoint_dir("s3://b/run-1/finetune/model") is None  # local runs keep the step's default
+    assert checkpoint_dir("s3://b/run-1/finetune/model") == "s3://b/run-1/finetune/model/checkpoint"  # local runs
     monkeypatch.setenv("ENTROPY_FT_CHECKPOINT_ROOT", "s3://b/checkpoints/")
     first = checkpoint_dir("s3://b/run-1/finetune/model")
     assert first.startswith("s3://b/checkpoints/") and first == checkpoint_dir("s3://b/run-1/finetune/model")
@@ -137,7 +137,8 @@ def test_finetune_checkpoints_outlive_the_pod(compiled, monkeypatch):
 
 
 def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
-    from entropy_ft.steps.run import absolute_paths
+    from entropy_ft.errors import UserError
+    from entropy_ft.pipelines.run import local_inputs as absolute_paths
 
     (tmp_path / "data.zip").write_bytes(b"")
     (tmp_path / "w.pt").write_bytes(b"")
@@ -146,22 +147,20 @@ def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
     assert fixed == {"data": f"{tmp_path}/data.zip,s3://b/x,synthetic:40", "weights": f"{tmp_path}/w.pt",
                      "arch": "resnet18"}
     assert absolute_paths({"weights": "imagenet"}) == {"weights": "imagenet"}
+    with pytest.raises(UserError, match="--data missing.zip: no such file or folder"):
+        absolute_paths({"data": "missing.zip"})
+    with pytest.raises(UserError, match="--weights nope.pt"):
+        absolute_paths({"weights": "nope.pt"})
 
 
-def test_local_tasks_start_without_pip_and_exit_without_a_final_collection():
+def test_local_tasks_start_without_pip():
     """kfp.local runs every task in this environment, which has kfp: no ``pip install kfp`` per task
-    (compiled components keep it), and each body's last call before returning is ``kfp_io.before_exit()``."""
-    import inspect
-    from dataclasses import fields
-
+    (compiled components keep it)."""
     from entropy_ft.pipelines.cluster import ClusterOptions
-    from entropy_ft.pipelines.components import make_components
+    from entropy_ft.pipelines.definitions import _components
 
-    local, cluster = make_components(None), make_components(ClusterOptions())
-    for field in fields(local):
-        component = getattr(local, field.name)
-        assert "pip install" not in " ".join(component.component_spec.implementation.container.command)
-        assert "pip install" in " ".join(getattr(cluster, field.name).component_spec.implementation.container.command)
-        body = [line.strip() for line in inspect.getsource(component.python_func).splitlines()]
-        last = body[-2] if body[-1].startswith("return ") else body[-1]
-        assert last == "kfp_io.before_exit()", field.name
+    local, cluster = _components(None), _components(ClusterOptions())
+    assert set(local) == {"ingest", "profile", "select", "finetune", "evaluate", "register", "compare"}
+    for name, component in local.items():
+        assert "pip install" not in " ".join(component.component_spec.implementation.container.command), name
+        assert "pip install" in " ".join(cluster[name].component_spec.implementation.container.command), name

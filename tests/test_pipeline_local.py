@@ -56,7 +56,7 @@ def test_training_pipeline_produces_every_artifact(training_run):
     assert evaluation["num_images"] == manifest["totals"]["test"]
 
     assert "version" in (out["registration"]).read_text().lower()
-    for name in ("profile-entropy/chart", "select-layers/chart", "evaluate-noise/plot"):
+    for name in ("profile/chart", "select/chart", "evaluate/plot"):
         assert "<svg" in (Path(training_run["run_dir"]) / name).read_text()
 
 

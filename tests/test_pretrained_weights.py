@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropy_ft.errors import UserError
-from entropy_ft.models import build_model
+from entropy_ft.model.factory import build_model
 from entropy_ft.storage import sha256_file
 
 

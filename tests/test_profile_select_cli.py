@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from entropy_ft.cli import main
-from entropy_ft.models import build_model, conv_layers
+from entropy_ft.model.factory import build_model, conv_layers
 from entropy_ft.steps import profile, select
 
 
 @pytest.fixture(scope="module")
 def profiled(synthetic_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("profile") / "profile"
-    profile.run(profile.Config(str(synthetic_dataset), "resnet18", "none", str(out), images=32, batch_size=16))
+    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(out), images=32, batch_size=16))
     return out
 
 
@@ -38,7 +38,7 @@ def test_profile_json_describes_every_conv_in_forward_order(profiled, synthetic_
 
 def test_profiling_a_dataset_twice_gives_the_same_profile(profiled, synthetic_dataset, tmp_path):
     again = tmp_path / "again"
-    profile.run(profile.Config(str(synthetic_dataset), "resnet18", "none", str(again), images=32, batch_size=16))
+    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(again), images=32, batch_size=16))
     first = json.loads((profiled / "profile.json").read_text())
     second = json.loads((again / "profile.json").read_text())
     assert first["layers"] == second["layers"]
@@ -55,9 +55,9 @@ def test_stratified_subset_keeps_the_class_mix_and_follows_the_seed():
 
 
 def test_random_without_a_budget_matches_the_entropy_selection(profiled, tmp_path):
-    select.run(select.Config(str(profiled), "entropy", str(tmp_path / "entropy"), rule="quantile:0.5"))
-    select.run(select.Config(str(profiled / "profile.json"), "random", str(tmp_path / "random"), rule="quantile:0.5", seed=4))
-    select.run(select.Config(str(profiled), "random", str(tmp_path / "from"), seed=4, budget_from=str(tmp_path / "entropy")))
+    select.run(select.Config(profile=str(profiled), strategy="entropy", out=str(tmp_path / "entropy"), rule="quantile:0.5"))
+    select.run(select.Config(profile=str(profiled / "profile.json"), strategy="random", out=str(tmp_path / "random"), rule="quantile:0.5", seed=4))
+    select.run(select.Config(profile=str(profiled), strategy="random", out=str(tmp_path / "from"), seed=4, budget_from=str(tmp_path / "entropy")))
     chosen = json.loads((tmp_path / "entropy" / "selection.json").read_text())
     rand = json.loads((tmp_path / "random" / "selection.json").read_text())
     costs = {row["name"]: row["params"] for row in json.loads((profiled / "profile.json").read_text())["layers"]}
@@ -72,7 +72,7 @@ def test_random_without_a_budget_matches_the_entropy_selection(profiled, tmp_pat
 
 
 def test_head_selection_trains_only_the_head(profiled, tmp_path):
-    summary = select.run(select.Config(str(profiled), "head", str(tmp_path / "head")))
+    summary = select.run(select.Config(profile=str(profiled), strategy="head", out=str(tmp_path / "head")))
     data = json.loads((tmp_path / "head" / "selection.json").read_text())
     assert data["layers"] == [] and data["trainable_modules"] == ["fc"] and data["rule"] is None
     assert summary["trainable_params"] == 2_052 and summary["full_params"] == 11_178_564

@@ -7,16 +7,8 @@ import random
 import pytest
 
 from entropy_ft.errors import UserError
-from entropy_ft.models import build_model
-from entropy_ft.selection import (
-    Rule,
-    accounting,
-    layer_costs,
-    parse_rule,
-    select_by_entropy,
-    select_random,
-    strategy_layers,
-)
+from entropy_ft.model.factory import build_model, measure_backbone
+from entropy_ft.selection.rules import Rule, parse_rule, select_by_entropy, select_random, strategy_layers
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +19,7 @@ def resnet18():
 
 @pytest.fixture(scope="module")
 def costs(resnet18):
-    return layer_costs(resnet18, "resnet18")
+    return measure_backbone(resnet18, "resnet18").costs
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +29,8 @@ def entropy(costs):
 
 
 def test_resnet18_parameter_counts(resnet18, costs):
-    full = accounting(resnet18, "resnet18", strategy_layers("full", list(costs)))
-    head = accounting(resnet18, "resnet18", strategy_layers("head", list(costs)))
+    full = measure_backbone(resnet18, "resnet18").accounting(strategy_layers("full", list(costs)))
+    head = measure_backbone(resnet18, "resnet18").accounting(strategy_layers("head", list(costs)))
     assert full["trainable_params"] == full["full_params"] == full["total_params"] == 11_178_564
     assert full["reduction_vs_full"] == 0.0
     assert head["trainable_params"] == 2_052
@@ -51,7 +43,7 @@ def test_resnet18_parameter_counts(resnet18, costs):
 
 
 def test_accounting_counts_selected_convs_with_their_batchnorms(resnet18):
-    acc = accounting(resnet18, "resnet18", ["conv1", "layer4.1.conv2"])
+    acc = measure_backbone(resnet18, "resnet18").accounting(["conv1", "layer4.1.conv2"])
     assert acc["trainable_modules"] == ["conv1", "bn1", "layer4.1.conv2", "layer4.1.bn2", "fc"]
     assert acc["trainable_params"] == (64 * 3 * 7 * 7 + 128) + (512 * 512 * 9 + 1024) + 2_052
 
@@ -124,7 +116,7 @@ def test_rules_round_trip_to_text():
 @pytest.mark.parametrize("arch", ["resnet34", "squeezenet1_0", "squeezenet1_1"])
 def test_full_selection_trains_every_parameter(arch):
     model, _ = build_model(arch, 4, "none")
-    costs = layer_costs(model, arch)
-    full = accounting(model, arch, list(costs))
+    costs = measure_backbone(model, arch).costs
+    full = measure_backbone(model, arch).accounting(list(costs))
     assert full["trainable_params"] == full["full_params"] == sum(p.numel() for p in model.parameters())
-    assert sum(costs.values()) == full["full_params"] - accounting(model, arch, [])["trainable_params"]
+    assert sum(costs.values()) == full["full_params"] - measure_backbone(model, arch).accounting([])["trainable_params"]

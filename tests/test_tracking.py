@@ -9,10 +9,11 @@ import sqlite3
 import pytest
 import torch
 
-from entropy_ft import registry, tracking
 from entropy_ft.data.format import ImageRecord
 from entropy_ft.errors import UserError
-from entropy_ft.registry import Decision, GateMetric, decide
+from entropy_ft.tracking import registry
+from entropy_ft.tracking import runs as tracking
+from entropy_ft.tracking.registry import Decision, GateMetric, decide
 
 EVAL = {
     "classes": ["a", "b"],
@@ -149,7 +150,7 @@ def test_serving_sees_the_pixels_training_sees(kaggle_zip, tmp_path, model_size)
     from entropy_ft.data.format import DatasetWriter, read_split
     from entropy_ft.data.loader import ParquetImages
     from entropy_ft.data.preprocess import Settings, describe, process
-    from entropy_ft.serving import model_pixels
+    from entropy_ft.tracking.serving import model_pixels
 
     with zipfile.ZipFile(kaggle_zip) as zf:
         names = [n for n in sorted(zf.namelist()) if n.startswith("Testing/") and n.endswith(".jpg")][::200][:6]
@@ -161,7 +162,7 @@ def test_serving_sees_the_pixels_training_sees(kaggle_zip, tmp_path, model_size)
         writer.add("train", ImageRecord(p.pixels, 0, "a", p.file_sha256, name))
     manifest = writer.close()
     loaded = ParquetImages(tmp_path, "train", image_size=model_size)
-    preprocessing = {"image_size": model_size, "ingest": manifest["preprocessing"]}
+    preprocessing = {"image_size": model_size, "ingest": manifest.preprocessing}
     sources = read_split(tmp_path, "train", ["source"]).column("source").to_pylist()  # the loader's row order
     assert sorted(sources) == sorted(files)
     for i, name in enumerate(sources):

@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 from mlflow_server import mlflow_server  # noqa: F401  (pytest fixture)
 
-from entropy_ft import cli, registry, tracking
+from entropy_ft import cli
 from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from entropy_ft.data.synthetic import CLASSES
 from entropy_ft.errors import UserError
-from entropy_ft.model_dir import save_model_dir
-from entropy_ft.models import build_model
+from entropy_ft.model.factory import build_model
+from entropy_ft.model.model_dir import save_model_dir
+from entropy_ft.tracking import registry
+from entropy_ft.tracking import runs as tracking
 
 MARKER = "Zq7-marker-not-a-real-secret-91x"  # credentials set to this must appear nowhere
 MODEL = "test-brain-mri"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from selection_factory import CLASSES, selection_doc
 from torch import nn
 
-from entropy_ft import models
-from entropy_ft.checkpoint import load_checkpoint, save_checkpoint
 from entropy_ft.errors import UserError
-from entropy_ft.freezing import apply_selection, frozen_batchnorms, split_frozen_prefix
-from entropy_ft.precision import resolve_device, resolve_precision
-from entropy_ft.preemption import Preempted, StopFlag
-from entropy_ft.train import TrainConfig, lr_factor, train
-from selection_factory import CLASSES, selection_doc
+from entropy_ft.model import factory as models
+from entropy_ft.model.freezing import apply_selection, frozen_batchnorms, split_frozen_prefix
+from entropy_ft.training.checkpoint import load_checkpoint, save_checkpoint
+from entropy_ft.training.loop import TrainConfig, lr_factor, train
+from entropy_ft.training.precision import resolve_device, resolve_precision
+from entropy_ft.training.preemption import Preempted, StopFlag
 
 
 def _model(arch: str, strategy: str, seed: int = 0) -> tuple[nn.Module, dict]:
@@ -87,9 +87,9 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 def test_precision_choice(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("entropy_ft.precision.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("entropy_ft.training.precision.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr("entropy_ft.precision.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("entropy_ft.training.precision.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(UserError, match="--precision fp16"):
@@ -117,7 +117,7 @@ def learn_dataset(tmp_path_factory):
     from entropy_ft.steps import ingest
 
     out = tmp_path_factory.mktemp("learn") / "synthetic"
-    ingest.run(ingest.Config(("synthetic:320",), str(out), image_size=48, seed=0))
+    ingest.run(ingest.Config(sources=("synthetic:320",), out=str(out), image_size=48, seed=0))
     return out
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..logs import progress_bar
-from .preprocess import BadImage, Settings, process
-from .quarantine import UNREADABLE
+from entropy_ft.data.preprocess import BadImage, Settings, process
+from entropy_ft.data.quarantine import UNREADABLE
+from entropy_ft.logs import progress_bar
 
 BATCH_IMAGES = 32
 BATCH_BYTES = 16 << 20

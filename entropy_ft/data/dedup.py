@@ -22,9 +22,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .format import SPLITS
+from entropy_ft.data.format import SPLITS
 
 NEAR_MAX_DISTANCE = 12
+DUPLICATE_POLICIES = ("report", "drop", "fail")  # what --duplicates does with groups that cross splits
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int = NEAR_MAX_DISTANCE) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The Dataset artifact (DESIGN section 3): Parquet shards per split plus ``manifest.json``.
+"""The Dataset artifact: Parquet shards per split plus ``manifest.json`` (:class:`entropy_ft.artifacts.DatasetManifest`).
 
 One row per image. ``image`` holds the preprocessed pixels as raw row-major uint8
 (``height`` x ``width`` x ``channels``, channels 1 for grayscale MRI and 3 for colour):
@@ -9,8 +9,7 @@ byte-identical files.
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import SCHEMA_VERSION
-from ..errors import UserError
-from ..storage import sha256_file
+from entropy_ft.artifacts import DatasetManifest
+from entropy_ft.errors import UserError
+from entropy_ft.storage import sha256_file
 
 SPLITS = ("train", "val", "test")
 IMAGE_ENCODING = "raw-uint8-hwc"
@@ -123,44 +122,38 @@ class DatasetWriter:
         state.rows, state.bytes = [], 0
         state.index += 1
 
-    def close(self, **extra: object) -> dict:
-        """Flush every split and write the manifest; ``extra`` adds sections (duplicates, quarantine, sources)."""
+    def close(self, **sections: object) -> DatasetManifest:
+        """Flush every split and write the manifest; ``sections`` fill its duplicates, quarantine and sources."""
         for split in SPLITS:
             self._flush(split)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "classes": self.classes,
-            "image_size": self.image_size,
-            "image_encoding": IMAGE_ENCODING,
-            "preprocessing": self.preprocessing,
-            "counts": {s: {c: self._counts[s].get(c, 0) for c in self.classes} for s in SPLITS},
-            "totals": {s: sum(self._counts[s].values()) for s in SPLITS},
-            "shards": self._shards,
-            "duplicates": {"groups": [], "summary": {}},
-            "quarantine": [],
-        }
-        manifest.update(extra)
-        (self.root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = DatasetManifest(
+            classes=self.classes,
+            image_size=self.image_size,
+            image_encoding=IMAGE_ENCODING,
+            preprocessing=self.preprocessing,
+            counts={s: {c: self._counts[s].get(c, 0) for c in self.classes} for s in SPLITS},
+            totals={s: sum(self._counts[s].values()) for s in SPLITS},
+            shards=self._shards,
+            **sections,
+        )
+        manifest.write(str(self.root))
         return manifest
 
 
-def load_manifest(root: str | Path) -> dict:
+def load_manifest(root: str | Path) -> DatasetManifest:
     """Read and check a dataset's manifest; a missing or foreign one is a UserError."""
-    path = Path(root) / "manifest.json"
+    path = Path(root) / DatasetManifest.FILE
     if not path.is_file():
-        raise UserError(f"{root}: not a dataset (no manifest.json); create one with `entropy-ft ingest`")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path}: manifest is not valid JSON ({exc})") from exc
-    if manifest.get("image_encoding") != IMAGE_ENCODING or "classes" not in manifest:
-        raise UserError(f"{path}: not an entropy-ft dataset manifest (encoding {manifest.get('image_encoding')!r})")
+        raise UserError(f"{root}: not a dataset (no {DatasetManifest.FILE}); create one with `entropy-ft ingest`")
+    manifest = DatasetManifest.read(str(path))
+    if manifest.image_encoding != IMAGE_ENCODING:
+        raise UserError(f"{path}: not an entropy-ft dataset manifest (encoding {manifest.image_encoding!r})")
     return manifest
 
 
 def manifest_sha256(root: str | Path) -> str:
     """Identity of a dataset: the sha256 of its manifest, which lists every shard's sha256."""
-    return sha256_file(Path(root) / "manifest.json")
+    return sha256_file(Path(root) / DatasetManifest.FILE)
 
 
 def read_split(root: str | Path, split: str, columns: Iterable[str] | None = None) -> pa.Table:
@@ -168,23 +161,8 @@ def read_split(root: str | Path, split: str, columns: Iterable[str] | None = Non
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     manifest = load_manifest(root)
-    paths = [Path(root) / s["path"] for s in manifest["shards"] if s["split"] == split]
+    paths = [Path(root) / s["path"] for s in manifest.shards if s["split"] == split]
     if not paths:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
     tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in paths]
     return pa.concat_tables(tables)
-
-
-def decode_row(image: bytes | memoryview, height: int, width: int, channels: int) -> np.ndarray:
-    """Pixels of one row as (H, W) or (H, W, 3) uint8, sharing the buffer."""
-    arr = np.frombuffer(image, dtype=np.uint8)
-    return arr.reshape(height, width) if channels == 1 else arr.reshape(height, width, channels)
-
-
-def class_balance(manifest: dict) -> dict[str, int]:
-    """Images per class over all splits, for logs."""
-    totals: dict[str, int] = defaultdict(int)
-    for split in SPLITS:
-        for cls, n in manifest["counts"][split].items():
-            totals[cls] += n
-    return dict(totals)

@@ -23,9 +23,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import UserError
-from . import quarantine as q
-from .sources import Member
+from entropy_ft.data import quarantine as q
+from entropy_ft.data.sources import Member
+from entropy_ft.errors import UserError
 
 LAYOUTS = ("auto", "kaggle", "brisc2025", "imagefolder")
 IMAGE_EXTENSIONS = frozenset(

@@ -35,7 +35,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps
 
-from . import quarantine as q
+from entropy_ft.data import quarantine as q
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; 8x8 cannot tell MRI slices apart (all dark ovals at that scale)

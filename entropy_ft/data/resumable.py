@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .loader import ParquetImages, train_augmentation
+from entropy_ft.data.loader import ParquetImages, train_augmentation
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .. import storage
-from ..errors import UserError
+from entropy_ft import storage
+from entropy_ft.errors import UserError, short
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 MAX_FILE_BYTES = 1 << 30  # a single image file over 1 GiB is not an MRI slice
@@ -222,7 +222,7 @@ class S3PrefixSource(Source):
         except UserError:
             raise
         except Exception as exc:  # botocore raises many kinds; all mean "cannot list"
-            raise UserError(f"{uri}: cannot list S3 prefix ({_short(exc)})") from exc
+            raise UserError(f"{uri}: cannot list S3 prefix ({short(exc)})") from exc
         self._prefix = prefix
         self._set_members(members)
 
@@ -231,7 +231,7 @@ class S3PrefixSource(Source):
             body = self._client.get_object(Bucket=self._loc.bucket, Key=self._prefix + path)["Body"].read()
             return ReadResult(path, body)
         except Exception as exc:  # a failed GET after retries quarantines the object, it does not stop the run
-            return ReadResult(path, None, f"cannot read S3 object ({_short(exc)})")
+            return ReadResult(path, None, f"cannot read S3 object ({short(exc)})")
 
     def read(self, paths: Iterable[str]) -> Iterator[ReadResult]:
         pending = list(paths)
@@ -241,8 +241,6 @@ class S3PrefixSource(Source):
                 yield from pool.map(self._get, pending[start : start + window])
 
 
-def _short(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _sized(rel: str, size: int) -> Member:

@@ -8,7 +8,6 @@ duplicate policy.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from collections import Counter
@@ -16,79 +15,48 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import storage
-from ..data import dedup, quarantine, synthetic
-from ..data.decode_pool import Decoded, Failed, Spill, decode_all, default_workers
-from ..data.format import SPLITS, DatasetWriter, ImageRecord
-from ..data.layouts import LAYOUTS, Candidate, Layout, parse_class_map, resolve
-from ..data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
-from ..data.sources import Source, open_source
-from ..data.splits import carve
-from ..errors import UserError
-from ..logs import log, progress, progress_bar
+from entropy_ft import storage
+from entropy_ft.data import dedup, quarantine, synthetic
+from entropy_ft.data.decode_pool import Decoded, Failed, Spill, decode_all, default_workers
+from entropy_ft.data.dedup import DUPLICATE_POLICIES
+from entropy_ft.data.format import SPLITS, DatasetWriter, ImageRecord
+from entropy_ft.data.layouts import LAYOUTS, Candidate, Layout, parse_class_map, resolve
+from entropy_ft.data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
+from entropy_ft.data.sources import Source, open_source
+from entropy_ft.data.splits import carve
+from entropy_ft.errors import UserError
+from entropy_ft.logs import log, progress, progress_bar
+from entropy_ft.options import IMAGE_SIZE, Options, at_least, fraction, option
 
-DUPLICATE_POLICIES = ("report", "drop", "fail")
 # raw pixels per shard: writing a shard holds about 4 copies of it, so this bounds ingest memory to ~300 MB
 SHARD_MAX_BYTES = 64 << 20
 
 
-@dataclass(frozen=True)
-class Config:
-    sources: tuple[str, ...]
-    out: str
-    image_size: int = 224
-    val_fraction: float = 0.15
-    seed: int = 0
-    layout: str = "auto"
-    duplicates: str = "report"
-    class_map: tuple[str, ...] = ()  # FROM=TO entries, as given to --class-map
-    test_fraction: float = 0.15  # only for sources without a test folder
-    workers: int = 0  # 0: every core this process may use
-    max_pixels: int = DEFAULT_MAX_PIXELS
+@dataclass(frozen=True, kw_only=True)
+class Config(Options):
+    sources: tuple[str, ...] = option(
+        flag="SOURCE", nargs="+", help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
+    out: str = option(help="output directory or s3:// prefix")
+    layout: str = option("auto", choices=LAYOUTS, help="how the sources are organised")
+    image_size: int = option(224, check=IMAGE_SIZE, help="square side in pixels after preprocessing")
+    val_fraction: float = option(0.15, check=fraction(0, 0.9), help="share of training images held out for validation")
+    test_fraction: float = option(0.15, check=fraction(0, 0.9),
+                                  help="share carved as test from sources without a test folder")
+    seed: int = option(0, help="seed of the carved splits")
+    duplicates: str = option("report", choices=DUPLICATE_POLICIES,
+                             help="report: warn; drop: remove from val/test what train has and dedupe splits; "
+                                  "fail: exit 2 on any cross-split duplicate")
+    class_map: tuple[str, ...] = option((), action="append", metavar="FROM=TO[,FROM=TO]",
+                                        help="rename class folders (repeatable), after which notumor/no_tumor/no are one class anyway")
+    workers: int = option(0, check=at_least(0), help="decoding processes (0: every core)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, check=at_least(1, "pixel"),
+                             help="images with more pixels are quarantined as decompression bombs")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.sources:
             raise UserError("ingest needs at least one SOURCE")
-        if not 16 <= self.image_size <= 1024:
-            raise UserError(f"--image-size {self.image_size}: expected 16 to 1024 pixels")
-        if not 0.0 < self.val_fraction < 0.9:
-            raise UserError(f"--val-fraction {self.val_fraction}: expected a fraction between 0 and 0.9")
-        if not 0.0 < self.test_fraction < 0.9:
-            raise UserError(f"--test-fraction {self.test_fraction}: expected a fraction between 0 and 0.9")
-        if self.layout not in LAYOUTS:
-            raise UserError(f"--layout {self.layout}: expected one of {', '.join(LAYOUTS)}")
-        if self.duplicates not in DUPLICATE_POLICIES:
-            raise UserError(f"--duplicates {self.duplicates}: expected one of {', '.join(DUPLICATE_POLICIES)}")
-        if self.workers < 0:
-            raise UserError(f"--workers {self.workers}: expected 0 (every core) or more")
-        if self.max_pixels < 1:
-            raise UserError(f"--max-pixels {self.max_pixels}: expected a positive number of pixels")
         parse_class_map(self.class_map)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
-    p.add_argument("--out", required=True, help="output directory or s3:// prefix")
-    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how the sources are organised (default: detect)")
-    p.add_argument("--image-size", type=int, default=224, help="square side in pixels after preprocessing")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of training images held out for validation")
-    p.add_argument("--test-fraction", type=float, default=0.15,
-                   help="share carved as test from sources without a test folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="report",
-                   help="report: warn; drop: remove from val/test what train has and dedupe splits; "
-                        "fail: exit 2 on any cross-split duplicate")
-    p.add_argument("--class-map", action="append", default=[], metavar="FROM=TO[,FROM=TO]",
-                   help="rename class folders (repeatable), after which notumor/no_tumor/no are one class anyway")
-    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: every core)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="images with more pixels are quarantined as decompression bombs")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(tuple(args.sources), args.out, args.image_size, args.val_fraction, args.seed, args.layout,
-                  args.duplicates, tuple(args.class_map), args.test_fraction, args.workers, args.max_pixels)
 
 
 def run(cfg: Config) -> dict:
@@ -122,8 +90,8 @@ def run_synthetic(cfg: Config) -> dict:
         for split, i, label, pixels, sha in progress(gen, desc="synthetic phantoms", total=n, unit="img"):
             writer.add(split, synthetic_record(i, label, pixels, sha))
         manifest = writer.close(sources=[{"uri": cfg.sources[0], "layout": "synthetic", "seed": cfg.seed}])
-    log.info("wrote %d synthetic images to %s (%s)", n, cfg.out, manifest["totals"])
-    return {"out": cfg.out, "images": n, "totals": manifest["totals"], "classes": manifest["classes"], "quarantined": 0}
+    log.info("wrote %d synthetic images to %s (%s)", n, cfg.out, manifest.totals)
+    return {"out": cfg.out, "images": n, "totals": manifest.totals, "classes": manifest.classes, "quarantined": 0}
 
 
 def synthetic_record(i: int, label: int, pixels, sha: str) -> ImageRecord:
@@ -174,13 +142,13 @@ def run_sources(cfg: Config) -> dict:
     files = sum(not m.is_dir for s in sources for m in s.members)
     summary = {
         "out": cfg.out,
-        "images": sum(manifest["totals"].values()),
-        "totals": manifest["totals"],
-        "classes": manifest["classes"],
+        "images": sum(manifest.totals.values()),
+        "totals": manifest.totals,
+        "classes": manifest.classes,
         "quarantined": len(quarantined),
         "quarantine": quarantine.counts(quarantined),
         "ignored": sum(lay.ignored for lay in layouts),
-        "duplicates": manifest["duplicates"]["summary"],
+        "duplicates": manifest.duplicates["summary"],
         "seconds": round(seconds, 2),
         "files": files,
         "files_per_s": round(files / max(seconds, 1e-9), 1),
@@ -188,7 +156,7 @@ def run_sources(cfg: Config) -> dict:
     if quarantined:
         log.warning("quarantined %d files (%s): listed with reasons in manifest.json quarantine", len(quarantined),
                     ", ".join(f"{n} {kind}" for kind, n in summary["quarantine"].items()))
-    log.info("wrote %d images to %s in %.1f s (%s)", summary["images"], cfg.out, seconds, manifest["totals"])
+    log.info("wrote %d images to %s in %.1f s (%s)", summary["images"], cfg.out, seconds, manifest.totals)
     return summary
 
 

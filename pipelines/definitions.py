@@ -1,0 +1,252 @@
+"""The two pipelines and their parameters.
+
+* training: ingest -> profile -> select -> finetune -> evaluate -> register.
+* ablation: the same ingest and profile, then one branch per strategy (``dsl.ParallelFor``:
+  select -> finetune -> evaluate), then compare.
+
+Every pipeline parameter is a field of a stage's Config (:class:`Param` names which): its
+default, help and check are read from there, so ``entropy-ft run --image-size`` means, and
+is checked, exactly as ``entropy-ft ingest --image-size``. Only ``data`` (the stage takes a
+list, the pipeline a comma-separated string, with a demo default) and ``strategies`` (a list
+of the select stage's strategies) say more.
+"""
+
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, List
+
+from kfp import dsl
+
+from entropy_ft.components.compare import compare
+from entropy_ft.components.evaluate import evaluate
+from entropy_ft.components.finetune import finetune
+from entropy_ft.components.ingest import ingest
+from entropy_ft.components.profile import profile
+from entropy_ft.components.register import register
+from entropy_ft.components.select import select
+from entropy_ft.errors import UserError
+from entropy_ft.options import Option, csv, option_of, show
+from entropy_ft.selection.rules import DEFAULT_RULE
+from entropy_ft.steps import evaluate as evaluate_step
+from entropy_ft.steps import finetune as finetune_step
+from entropy_ft.steps import ingest as ingest_step
+from entropy_ft.steps import profile as profile_step
+from entropy_ft.steps import register as register_step
+from entropy_ft.steps import select as select_step
+
+from . import PIPELINES, cluster
+from .cluster import ClusterOptions
+
+
+@dataclass(frozen=True)
+class Param:
+    """A pipeline parameter: the stage Config field it feeds."""
+
+    name: str
+    config: type
+    field: str
+    pipelines: tuple[str, ...] = PIPELINES
+    default: Any = None  # only where the stage has none (a required argument there)
+    help: str | None = None  # only where the pipeline's meaning is wider than the stage's
+    many: bool = False  # a list of the field's choices (ablation's strategies)
+
+    @property
+    def option(self) -> Option:
+        return option_of(self.config, self.field)[1]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def pipeline_default(self) -> Any:
+        """The default as the pipeline takes it: lists of numbers as comma-separated text."""
+        if self.many:
+            return list(self.option.choices)
+        field, _ = option_of(self.config, self.field)
+        value = field.default if self.default is None else self.default
+        return show(value) if isinstance(value, tuple) else value
+
+    def parse(self, text: str) -> Any:
+        """The flag's text -> the pipeline argument."""
+        if self.many:
+            return list(csv(text))
+        kind = type(self.pipeline_default)
+        return text if kind is str else kind(text)
+
+    def check(self, value: Any) -> None:
+        """The stage's own check, naming this flag: a bad value fails before any task starts."""
+        opt = self.option
+        if self.many:
+            for item in value:
+                opt.validate(self.flag, item)
+            if not value:
+                raise UserError(f"{self.flag}: give at least one of {', '.join(opt.choices)}")
+        elif self.field == "sources":
+            if not csv(value):
+                raise UserError(f"{self.flag}: give at least one source")
+        else:
+            opt.validate(self.flag, opt.parse(value) if opt.parse and isinstance(value, str) else value)
+
+
+PARAMS: list[Param] = [
+    Param("data", ingest_step.Config, "sources", default="synthetic:400",
+          help="data source(s), comma-separated: dir, .zip, .tar[.gz], s3://..., synthetic:N"),
+    Param("layout", ingest_step.Config, "layout"),
+    Param("image_size", ingest_step.Config, "image_size"),
+    Param("duplicates", ingest_step.Config, "duplicates"),
+    Param("arch", profile_step.Config, "arch"),
+    Param("weights", profile_step.Config, "weights"),
+    Param("profile_images", profile_step.Config, "images"),
+    Param("bins", profile_step.Config, "bins"),
+    Param("estimator", profile_step.Config, "estimator"),
+    Param("tap", profile_step.Config, "tap"),
+    Param("strategy", select_step.Config, "strategy", pipelines=("training",)),
+    Param("strategies", select_step.Config, "strategy", pipelines=("ablation",), many=True,
+          help="strategies compared side by side, comma-separated"),
+    Param("rule", select_step.Config, "rule", default=DEFAULT_RULE),
+    Param("seed", ingest_step.Config, "seed", help="seed for splits, profile subset, selection, training and noise"),
+    Param("epochs", finetune_step.Config, "epochs"),
+    Param("lr", finetune_step.Config, "lr"),
+    Param("batch_size", finetune_step.Config, "batch_size"),
+    Param("noise", evaluate_step.Config, "noise"),
+    Param("model_name", register_step.Config, "model_name", pipelines=("training",)),
+    Param("promote", register_step.Config, "promote", pipelines=("training",)),
+]
+D = {p.name: p.pipeline_default for p in PARAMS if p.name != "strategy"} | {"strategy": "entropy"}
+
+
+def params_for(pipeline: str) -> list[Param]:
+    return [p for p in PARAMS if pipeline in p.pipelines]
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per parameter of either pipeline; unset flags keep the pipeline's default."""
+    group = parser.add_argument_group("pipeline parameters")
+    for p in PARAMS:
+        group.add_argument(p.flag, dest=p.name, type=p.parse, default=None,
+                           help=f"{p.help or p.option.help} (default: {show(p.pipeline_default)})")
+
+
+def arguments_from_args(args: argparse.Namespace, pipeline: str) -> dict:
+    """The run arguments for ``pipeline``: defaults overridden by the flags given, each checked.
+
+    A flag that belongs only to the other pipeline is an error rather than silently ignored.
+    """
+    wanted = {p.name for p in params_for(pipeline)}
+    for p in PARAMS:
+        if getattr(args, p.name, None) is not None and p.name not in wanted:
+            raise UserError(f"{p.flag} is not a parameter of the {pipeline} pipeline")
+    arguments = {}
+    for p in params_for(pipeline):
+        given = getattr(args, p.name, None)
+        if given is not None:
+            p.check(given)
+        arguments[p.name] = p.pipeline_default if given is None else given
+    return arguments
+
+
+# ---------------------------------------------------------------- the pipelines
+
+
+def build(name: str, opts: ClusterOptions | None = None):
+    """The pipeline function ``name``; ``opts`` None builds it for a local run (no cluster settings)."""
+    return {"training": build_training, "ablation": build_ablation}[name](opts)
+
+
+def _components(opts: ClusterOptions | None) -> dict:
+    """The components for a cluster (``opts``) or, with ``opts`` None, for ``kfp.local``.
+
+    Locally each task runs in this very environment, which has kfp, so the ``pip install kfp``
+    a lightweight component otherwise runs first is left out: a pip process per task (about
+    0.4 s) that could only find kfp installed.
+    """
+    install_kfp = opts is not None
+    opts = opts or ClusterOptions()
+    image, gpu_image = opts.step_image(), opts.step_image(gpu=True)
+    funcs = {"ingest": ingest, "profile": profile, "select": select, "finetune": finetune, "evaluate": evaluate,
+             "register": register, "compare": compare}
+    return {name: dsl.component(func, base_image=gpu_image if name == "finetune" else image,
+                                install_kfp_package=install_kfp) for name, func in funcs.items()}
+
+
+TRAINING = "entropy-ft-training"
+ABLATION = "entropy-ft-ablation"
+
+
+def build_training(opts: ClusterOptions | None = None):
+    c = _components(opts)
+
+    @dsl.pipeline(name=TRAINING, description="Entropy-based layer selection and fine-tuning for brain-tumour MRI, "
+                                             "with noise-robustness evaluation and MLflow registration.")
+    def training(
+        data: str = D["data"], layout: str = D["layout"], image_size: int = D["image_size"],
+        duplicates: str = D["duplicates"], arch: str = D["arch"], weights: str = D["weights"],
+        profile_images: int = D["profile_images"], bins: int = D["bins"], estimator: str = D["estimator"],
+        tap: str = D["tap"], strategy: str = D["strategy"], rule: str = D["rule"], seed: int = D["seed"],
+        epochs: int = D["epochs"], lr: float = D["lr"], batch_size: int = D["batch_size"], noise: str = D["noise"],
+        model_name: str = D["model_name"], promote: str = D["promote"],
+    ):
+        ing = c["ingest"](data=data, layout=layout, image_size=image_size, duplicates=duplicates, seed=seed)
+        prof = c["profile"](dataset=ing.outputs["dataset"], arch=arch, weights=weights, images=profile_images,
+                            bins=bins, estimator=estimator, tap=tap, seed=seed)
+        sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=rule, seed=seed)
+        ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=epochs, lr=lr,
+                           batch_size=batch_size, seed=seed, track=True, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                           kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, pipeline_name=TRAINING)
+        ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=noise, seed=seed)
+        reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
+                            profile=prof.outputs["profile"], selection=sel.outputs["selection"],
+                            model_name=model_name, promote=promote, mlflow_run_id=ft.outputs["Output"],
+                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                            pipeline_name=TRAINING)
+        _configure(opts, ing, prof, sel, ft, ev, reg)
+
+    return training
+
+
+def build_ablation(opts: ClusterOptions | None = None):
+    c = _components(opts)
+
+    @dsl.pipeline(name=ABLATION, description="Entropy selection against full, head-only and random (same budget) "
+                                             "fine-tuning on the same data: the paper's comparison.")
+    def ablation(
+        data: str = D["data"], layout: str = D["layout"], image_size: int = D["image_size"],
+        duplicates: str = D["duplicates"], arch: str = D["arch"], weights: str = D["weights"],
+        profile_images: int = D["profile_images"], bins: int = D["bins"], estimator: str = D["estimator"],
+        tap: str = D["tap"], strategies: List[str] = D["strategies"], rule: str = D["rule"], seed: int = D["seed"],
+        epochs: int = D["epochs"], lr: float = D["lr"], batch_size: int = D["batch_size"], noise: str = D["noise"],
+    ):
+        ing = c["ingest"](data=data, layout=layout, image_size=image_size, duplicates=duplicates, seed=seed)
+        prof = c["profile"](dataset=ing.outputs["dataset"], arch=arch, weights=weights, images=profile_images,
+                            bins=bins, estimator=estimator, tap=tap, seed=seed)
+        with dsl.ParallelFor(strategies, name="strategies") as strategy:
+            sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=rule, seed=seed)
+            ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=epochs,
+                               lr=lr, batch_size=batch_size, seed=seed, track=False, kfp_run_id="", kfp_run_name="",
+                               pipeline_name=ABLATION)
+            ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=noise, seed=seed)
+            _configure(opts, ing, prof, sel, ft, ev)
+        cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
+        cmp.set_caching_options(False)
+        if opts is not None:
+            cluster.talks_to_storage(cmp, opts)
+
+    return ablation
+
+
+def _configure(opts: ClusterOptions | None, ing, prof, sel, ft, ev, reg=None) -> None:
+    """Caching, retries, secrets and resources; locally only caching applies (kfp.local ignores the rest)."""
+    for task in (ing, prof):
+        task.set_caching_options(True)  # keyed by inputs: same data and settings -> reuse
+    for task in (sel, ft, ev, *([reg] if reg is not None else [])):
+        task.set_caching_options(False)
+    if opts is None:
+        return
+    for task in (ing, prof, sel, ev):
+        cluster.talks_to_storage(task, opts)
+    cluster.talks_to_mlflow(ft, opts)
+    cluster.trains(ft, opts)
+    if reg is not None:
+        cluster.talks_to_mlflow(reg, opts)
