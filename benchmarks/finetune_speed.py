@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from entropy_ft.data.format import load_manifest
+from entropy_ft.device import resolve_device
 from entropy_ft.model.factory import build_model, conv_layers, trainable_module_names
 from entropy_ft.training.loop import TrainConfig, train
-from entropy_ft.training.precision import resolve_device
 
 
 def partial_layers(convs: list[str], strategy: str) -> list[str]:

@@ -175,12 +175,12 @@ def fine_tune_and_score(spec: dict) -> None:
     from entropy_ft import storage
     from entropy_ft.artifacts import Selection, TrainingHistory
     from entropy_ft.data.loader import LoaderConfig, make_loader
+    from entropy_ft.device import resolve_device
     from entropy_ft.evaluation.metrics import classification_metrics
     from entropy_ft.evaluation.noise import noise_generator, predict
     from entropy_ft.logs import setup_logging
     from entropy_ft.model.model_dir import load_model_dir
     from entropy_ft.steps import finetune
-    from entropy_ft.training.precision import resolve_device
 
     setup_logging()  # the library's per-epoch lines on stderr
     started = time.perf_counter()

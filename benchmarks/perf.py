@@ -230,9 +230,9 @@ def train_steps(spec: dict) -> dict:
     from torch import nn
 
     from entropy_ft.data.loader import ParquetImages, to_model_input
+    from entropy_ft.device import autocast
     from entropy_ft.model.factory import build_model, trainable_module_names
     from entropy_ft.model.freezing import apply_selection, split_frozen_prefix
-    from entropy_ft.training.precision import autocast
 
     torch.manual_seed(0)
     ds = ParquetImages(spec["dataset"], "train", image_size=spec["image_size"])
@@ -320,8 +320,8 @@ def training_memory(run: dict) -> float:
 def epoch_cost(args, dataset: Path) -> dict:
     import torch
 
+    from entropy_ft.device import resolve_precision
     from entropy_ft.model.factory import build_model, trainable_module_names
-    from entropy_ft.training.precision import resolve_precision
 
     layers = selection_layers(args, dataset)
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -354,8 +354,8 @@ def epoch_cost(args, dataset: Path) -> dict:
 
 
 def precision_cost(args, dataset: Path) -> dict:
+    from entropy_ft.device import cpu_has_native_bf16
     from entropy_ft.model.factory import build_model, conv_layers
-    from entropy_ft.training.precision import cpu_has_native_bf16
 
     base = {"dataset": str(dataset), "image_size": args.image_size, "arch": args.arch, "weights": args.weights,
             "batch_size": 32, "steps": args.train_steps, "repeats": args.repeats, "layers": None}

@@ -22,10 +22,10 @@ import torch
 from entropy_ft.data.format import load_manifest
 from entropy_ft.data.loader import ParquetImages
 from entropy_ft.data.sample import ModelInputs, load_images, stratified_indices
+from entropy_ft.device import resolve_device
 from entropy_ft.model.factory import build_model, measure_backbone
 from entropy_ft.selection.entropy import ESTIMATORS, TAPS, profile_entropy, tap_points
 from entropy_ft.selection.rules import parse_rule, select_by_entropy
-from entropy_ft.training.precision import resolve_device
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:

@@ -89,7 +89,8 @@ class Artifact:
             raise UserError(f"{what} (expected a JSON object)")
         version = content.get("schema_version", SCHEMA_VERSION)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise UserError(f"{where}: schema_version {version!r} is newer than this entropy-ft reads ({SCHEMA_VERSION})")
+            raise UserError(f"{where}: schema_version {version!r} is newer than this entropy-ft reads "
+                            f"({SCHEMA_VERSION})")
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):

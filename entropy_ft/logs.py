@@ -29,7 +29,10 @@ def setup_logging(verbose: bool = False) -> None:
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A progress bar on stderr; silent when ENTROPY_FT_NO_PROGRESS is set (tests, CI logs)."""
     disable = bool(os.environ.get("ENTROPY_FT_NO_PROGRESS"))
-    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False))
+    bar = tqdm(
+        iterable, desc=desc, total=total, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False
+    )
+    return iter(bar)
 
 
 def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> tqdm:

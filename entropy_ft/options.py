@@ -70,7 +70,8 @@ def option_of(cls: type, name: str) -> tuple[dataclasses.Field, Option]:
 
 
 def _scalar(hint: Any) -> Callable[[str], Any]:
-    """What parses one flag value for a field annotated ``hint``: int for ``int | None``, str for ``tuple[str, ...]``."""
+    """What parses one flag value for a field annotated ``hint``: int for ``int | None``, str for
+    ``tuple[str, ...]``."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType, tuple, list) and args:
         return _scalar(args[0])
@@ -112,8 +113,8 @@ class Options:
             if field.type in ("bool", bool):
                 kwargs["action"] = "store_false" if default else "store_true"
             else:
-                kwargs.update(type=opt.parse or _scalar(hints[field.name]), choices=opt.choices, nargs=opt.nargs, metavar=opt.metavar,
-                              action=opt.action)
+                kwargs.update(type=opt.parse or _scalar(hints[field.name]), choices=opt.choices, nargs=opt.nargs,
+                              metavar=opt.metavar, action=opt.action)
                 if opt.action == "append":  # argparse appends to its default: start from nothing
                     default = None
                 if field.default is MISSING and field.default_factory is MISSING:

@@ -119,7 +119,8 @@ def html_page(
     ]
     if table is not None:
         headers, rows = table
-        parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr></thead><tbody>")
+        header_cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+        parts.append("<table><thead><tr>" + header_cells + "</tr></thead><tbody>")
         parts.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         parts.append("</tbody></table>")
     parts.append("</body></html>\n")

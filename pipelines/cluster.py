@@ -85,7 +85,8 @@ class ClusterOptions(Options):
 
 
 def talks_to_storage(task, opts: ClusterOptions) -> None:
-    """S3 credentials from a Secret, the endpoint from the settings ConfigMap, retries with backoff for transient faults."""
+    """S3 credentials from a Secret, the endpoint from the settings ConfigMap, retries with backoff for
+    transient faults."""
     from kfp import kubernetes
 
     kubernetes.use_secret_as_env(task, secret_name=opts.s3_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True)
@@ -99,7 +100,8 @@ def talks_to_mlflow(task, opts: ClusterOptions) -> None:
     from kfp import kubernetes
 
     talks_to_storage(task, opts)
-    kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                                 optional=True)
     kubernetes.use_config_map_as_env(task, config_map_name=opts.settings_configmap,
                                      config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
                                                             "MLFLOW_S3_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
@@ -116,7 +118,8 @@ def trains(task, opts: ClusterOptions) -> None:
     if opts.gpus > 0:
         task.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
     task.set_cpu_request(opts.cpu_request).set_memory_request(opts.memory_request).set_memory_limit(opts.memory_limit)
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=opts.shm_size)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=opts.shm_size)
     for key, value in opts.node_selectors.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for tol in opts.tolerations:

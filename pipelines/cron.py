@@ -73,4 +73,5 @@ def _value(expr: str, token: str, name: str, names: list[str] | None, base: int)
         return int(token)
     if names and token.upper() in names:
         return names.index(token.upper()) + base
-    raise UserError(f"--cron {expr!r}: {name} value {token!r} is not a number" + (f" or one of {names}" if names else ""))
+    alternatives = f" or one of {names}" if names else ""
+    raise UserError(f"--cron {expr!r}: {name} value {token!r} is not a number{alternatives}")

@@ -13,7 +13,9 @@ of the select stage's strategies) say more.
 
 
 import argparse
+import inspect
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, List
 
 from kfp import dsl
@@ -114,7 +116,6 @@ PARAMS: list[Param] = [
     Param("model_name", register_step.Config, "model_name", pipelines=("training",)),
     Param("promote", register_step.Config, "promote", pipelines=("training",)),
 ]
-D = {p.name: p.pipeline_default for p in PARAMS if p.name != "strategy"} | {"strategy": "entropy"}
 
 
 def params_for(pipeline: str) -> list[Param]:
@@ -175,30 +176,43 @@ TRAINING = "entropy-ft-training"
 ABLATION = "entropy-ft-ablation"
 
 
+def _pipeline(name: str, pipeline: str, description: str):
+    """``dsl.pipeline`` over a body that takes the parameters as one namespace: the function KFP
+    sees has one parameter per :class:`Param` of ``pipeline``, typed and defaulted from the table."""
+
+    def wrap(body):
+        params = params_for(pipeline)
+
+        def func(*values):
+            return body(SimpleNamespace(**{p.name: v for p, v in zip(params, values)}))
+
+        func.__name__ = body.__name__
+        func.__signature__ = inspect.Signature([
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.pipeline_default,
+                              annotation=List[str] if p.many else type(p.pipeline_default))
+            for p in params
+        ])
+        return dsl.pipeline(name=name, description=description)(func)
+
+    return wrap
+
+
 def build_training(opts: ClusterOptions | None = None):
     c = _components(opts)
 
-    @dsl.pipeline(name=TRAINING, description="Entropy-based layer selection and fine-tuning for brain-tumour MRI, "
-                                             "with noise-robustness evaluation and MLflow registration.")
-    def training(
-        data: str = D["data"], layout: str = D["layout"], image_size: int = D["image_size"],
-        duplicates: str = D["duplicates"], arch: str = D["arch"], weights: str = D["weights"],
-        profile_images: int = D["profile_images"], bins: int = D["bins"], estimator: str = D["estimator"],
-        tap: str = D["tap"], strategy: str = D["strategy"], rule: str = D["rule"], seed: int = D["seed"],
-        epochs: int = D["epochs"], lr: float = D["lr"], batch_size: int = D["batch_size"], noise: str = D["noise"],
-        model_name: str = D["model_name"], promote: str = D["promote"],
-    ):
-        ing = c["ingest"](data=data, layout=layout, image_size=image_size, duplicates=duplicates, seed=seed)
-        prof = c["profile"](dataset=ing.outputs["dataset"], arch=arch, weights=weights, images=profile_images,
-                            bins=bins, estimator=estimator, tap=tap, seed=seed)
-        sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=rule, seed=seed)
-        ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=epochs, lr=lr,
-                           batch_size=batch_size, seed=seed, track=True, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                           kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, pipeline_name=TRAINING)
-        ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=noise, seed=seed)
+    @_pipeline(TRAINING, "training", "Entropy-based layer selection and fine-tuning for brain-tumour MRI, "
+                                     "with noise-robustness evaluation and MLflow registration.")
+    def training(p):
+        ing, prof = _ingest_and_profile(c, p)
+        sel = c["select"](profile=prof.outputs["profile"], strategy=p.strategy, rule=p.rule, seed=p.seed)
+        ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs,
+                           lr=p.lr, batch_size=p.batch_size, seed=p.seed, track=True,
+                           kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                           pipeline_name=TRAINING)
+        ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
         reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
                             profile=prof.outputs["profile"], selection=sel.outputs["selection"],
-                            model_name=model_name, promote=promote, mlflow_run_id=ft.outputs["Output"],
+                            model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                             pipeline_name=TRAINING)
         _configure(opts, ing, prof, sel, ft, ev, reg)
@@ -209,24 +223,16 @@ def build_training(opts: ClusterOptions | None = None):
 def build_ablation(opts: ClusterOptions | None = None):
     c = _components(opts)
 
-    @dsl.pipeline(name=ABLATION, description="Entropy selection against full, head-only and random (same budget) "
-                                             "fine-tuning on the same data: the paper's comparison.")
-    def ablation(
-        data: str = D["data"], layout: str = D["layout"], image_size: int = D["image_size"],
-        duplicates: str = D["duplicates"], arch: str = D["arch"], weights: str = D["weights"],
-        profile_images: int = D["profile_images"], bins: int = D["bins"], estimator: str = D["estimator"],
-        tap: str = D["tap"], strategies: List[str] = D["strategies"], rule: str = D["rule"], seed: int = D["seed"],
-        epochs: int = D["epochs"], lr: float = D["lr"], batch_size: int = D["batch_size"], noise: str = D["noise"],
-    ):
-        ing = c["ingest"](data=data, layout=layout, image_size=image_size, duplicates=duplicates, seed=seed)
-        prof = c["profile"](dataset=ing.outputs["dataset"], arch=arch, weights=weights, images=profile_images,
-                            bins=bins, estimator=estimator, tap=tap, seed=seed)
-        with dsl.ParallelFor(strategies, name="strategies") as strategy:
-            sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=rule, seed=seed)
-            ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=epochs,
-                               lr=lr, batch_size=batch_size, seed=seed, track=False, kfp_run_id="", kfp_run_name="",
-                               pipeline_name=ABLATION)
-            ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=noise, seed=seed)
+    @_pipeline(ABLATION, "ablation", "Entropy selection against full, head-only and random (same budget) "
+                                     "fine-tuning on the same data: the paper's comparison.")
+    def ablation(p):
+        ing, prof = _ingest_and_profile(c, p)
+        with dsl.ParallelFor(p.strategies, name="strategies") as strategy:
+            sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, seed=p.seed)
+            ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs,
+                               lr=p.lr, batch_size=p.batch_size, seed=p.seed, track=False, kfp_run_id="",
+                               kfp_run_name="", pipeline_name=ABLATION)
+            ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
             _configure(opts, ing, prof, sel, ft, ev)
         cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
         cmp.set_caching_options(False)
@@ -234,6 +240,14 @@ def build_ablation(opts: ClusterOptions | None = None):
             cluster.talks_to_storage(cmp, opts)
 
     return ablation
+
+
+def _ingest_and_profile(c: dict, p: SimpleNamespace):
+    """The tasks both pipelines start with."""
+    ing = c["ingest"](data=p.data, layout=p.layout, image_size=p.image_size, duplicates=p.duplicates, seed=p.seed)
+    prof = c["profile"](dataset=ing.outputs["dataset"], arch=p.arch, weights=p.weights, images=p.profile_images,
+                        bins=p.bins, estimator=p.estimator, tap=p.tap, seed=p.seed)
+    return ing, prof
 
 
 def _configure(opts: ClusterOptions | None, ing, prof, sel, ft, ev, reg=None) -> None:

@@ -41,7 +41,8 @@ class RemoteConfig(Options):
     pipeline: str = option("training", choices=PIPELINES, help="which pipeline to upload")
     host: str | None = option(None, help="KFP endpoint URL (default: $KF_PIPELINES_ENDPOINT)")
     token: str | None = option(None, help="bearer token (default: $KF_PIPELINES_TOKEN or the in-cluster token)")
-    experiment: str = option("entropy-ft", check=_experiment_problem, help="KFP experiment to run in (created if missing)")
+    experiment: str = option("entropy-ft", check=_experiment_problem,
+                             help="KFP experiment to run in (created if missing)")
     pipeline_name: str = option("", help="name of the uploaded pipeline (default: entropy-ft-<pipeline>)")
     arguments: dict = field(default_factory=dict)  # the pipeline parameters, from the flags
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
@@ -63,7 +64,9 @@ class RemoteConfig(Options):
 
 
 def upload(cfg: RemoteConfig) -> tuple[object, str, str, str]:
-    """Compile with the cluster settings and upload as a new pipeline version: (client, name, pipeline id, version id)."""
+    """Compile with the cluster settings and upload as a new pipeline version.
+
+    Returns (client, name, pipeline id, version id)."""
     from .compile import compile_to
 
     endpoint = Endpoint.resolve(cfg.host, cfg.token)
@@ -82,7 +85,8 @@ class Endpoint:
 
     @classmethod
     def resolve(cls, host: str | None, token: str | None) -> "Endpoint":
-        """``--host`` or KF_PIPELINES_ENDPOINT; ``--token``, KF_PIPELINES_TOKEN or the in-cluster service-account token."""
+        """``--host`` or KF_PIPELINES_ENDPOINT; ``--token``, KF_PIPELINES_TOKEN or the in-cluster
+        service-account token."""
         host = host or os.environ.get("KF_PIPELINES_ENDPOINT")
         if not host:
             raise UserError("no KFP endpoint: pass --host or set KF_PIPELINES_ENDPOINT")
@@ -121,7 +125,9 @@ def client(endpoint: Endpoint):
 
 
 def upload_version(kfp_client, package: Path, pipeline_name: str, version_name: str) -> tuple[str, str]:
-    """Upload ``package`` as a new version of ``pipeline_name`` (creating the pipeline first time); (pipeline id, version id)."""
+    """Upload ``package`` as a new version of ``pipeline_name`` (creating the pipeline the first time).
+
+    Returns (pipeline id, version id)."""
     with contextlib.redirect_stdout(sys.stderr):
         pipeline_id = kfp_client.get_pipeline_id(pipeline_name)
         if pipeline_id is None:

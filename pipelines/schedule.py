@@ -17,7 +17,8 @@ from .remote import RemoteConfig, schedule_run, upload
 
 @dataclass(frozen=True, kw_only=True)
 class Config(RemoteConfig):
-    cron: str = option(help="six fields with seconds, e.g. '0 0 2 * * 1' for Mondays 02:00 (5-field Unix cron gets 0 s)")
+    cron: str = option(
+        help="six fields with seconds, e.g. '0 0 2 * * 1' for Mondays 02:00 (5-field Unix cron gets 0 s)")
     job_name: str = option("", help="name of the recurring run (default: entropy-ft-<pipeline>-schedule)")
 
     def __post_init__(self) -> None:

@@ -12,7 +12,9 @@ os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
 
 
 def _shared_path(var: str) -> Path:
-    """A path from the environment; skipped when unset locally, a failure under CI=true (CI never passes by skipping)."""
+    """A path from the environment; skipped when unset locally, a failure under CI=true.
+
+    CI never passes by skipping."""
     value = os.environ.get(var)
     in_ci = os.environ.get("CI", "").lower() == "true"
     if not value:

@@ -65,16 +65,18 @@ def _handler(state: FakeKfp):
                 return self._reply({"multi_user": False})
             if rec.path == "/apis/v2beta1/pipelines":
                 name = _filter_value(rec.query)
-                found = [{"pipeline_id": state.pipelines[name], "display_name": name}] if name in state.pipelines else []
+                found = ([{"pipeline_id": state.pipelines[name], "display_name": name}]
+                         if name in state.pipelines else [])
                 return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
             if rec.path.startswith("/apis/v2beta1/pipelines/") and rec.path.endswith("/versions"):
                 pid = rec.path.split("/")[4]
                 vids = state.versions.get(pid, [])
-                return self._reply({"pipeline_versions": [{"pipeline_id": pid, "pipeline_version_id": v} for v in reversed(vids)],
-                                    "total_size": len(vids)})
+                versions = [{"pipeline_id": pid, "pipeline_version_id": v} for v in reversed(vids)]
+                return self._reply({"pipeline_versions": versions, "total_size": len(vids)})
             if rec.path == "/apis/v2beta1/experiments":
                 name = _filter_value(rec.query)
-                found = [{"experiment_id": state.experiments[name], "display_name": name}] if name in state.experiments else []
+                found = ([{"experiment_id": state.experiments[name], "display_name": name}]
+                         if name in state.experiments else [])
                 return self._reply({"experiments": found} if found else {})
             self._reply({"error": f"unexpected GET {rec.path}"}, 404)
 
@@ -90,7 +92,8 @@ def _handler(state: FakeKfp):
                 pid = rec.query["pipelineid"][0]
                 vid = f"{pid}-version-{len(state.versions[pid]) + 1}"
                 state.versions[pid].append(vid)
-                return self._reply({"pipeline_id": pid, "pipeline_version_id": vid, "display_name": rec.query["name"][0]})
+                return self._reply({"pipeline_id": pid, "pipeline_version_id": vid,
+                                    "display_name": rec.query["name"][0]})
             if rec.path == "/apis/v2beta1/experiments":
                 body = rec.json()
                 eid = f"experiment-{len(state.experiments) + 1}"

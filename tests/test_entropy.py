@@ -266,7 +266,8 @@ def test_bin_counts_piece_by_piece_are_the_floor_binning(values, monkeypatch):
     floor((x - lo) / (hi - lo) * bins) with x == hi in the last bin. Raw values binned over
     the range of their ReLU count as the ReLU; NaN and infinity are no error."""
     monkeypatch.setattr(entropy._Scratch, "piece_elements", staticmethod(lambda _device: 3 * 2 * 5 * 5))
-    x = torch.randn(8, 2, 5, 5, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
     if values == "constant":
         x = torch.full((8, 2, 5, 5), 0.3)
     elif values == "non-finite":
@@ -296,7 +297,8 @@ def _mri_batches(kaggle_zip, n: int, size: int, batch_size: int) -> list[torch.T
     """``n`` Kaggle MRI training images, evenly over the sorted archive (all four classes), as model input."""
     with zipfile.ZipFile(kaggle_zip) as zf:
         names = [x for x in sorted(zf.namelist()) if x.startswith("Training/") and x.endswith(".jpg")]
-        images = torch.stack([model_pixels(zf.read(x), {"image_size": size}, size) for x in names[:: len(names) // n][:n]])
+        picked = names[:: len(names) // n][:n]
+        images = torch.stack([model_pixels(zf.read(x), {"image_size": size}, size) for x in picked])
     return [to_model_input(images[i : i + batch_size], torch.device("cpu")) for i in range(0, n, batch_size)]
 
 

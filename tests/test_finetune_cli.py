@@ -116,9 +116,11 @@ def test_finetune_rejects_a_selection_for_other_classes_and_bad_flags(synthetic_
     assert not (tmp_path / "m").exists()
 
 
-def test_sigterm_checkpoints_exits_143_and_resume_reaches_the_uninterrupted_weights(synthetic_dataset, tmp_path, capsys):
+def test_sigterm_checkpoints_exits_143_and_resume_reaches_the_uninterrupted_weights(
+        synthetic_dataset, tmp_path, capsys):
     sel = write_selection(tmp_path / "sel.json", "resnet18", "alternate")
-    common = [str(synthetic_dataset), str(sel), "--epochs", "4", "--patience", "4", "--batch-size", "8", "--seed", "1", *FAST]
+    common = [str(synthetic_dataset), str(sel), "--epochs", "4", "--patience", "4", "--batch-size", "8",
+              "--seed", "1", *FAST]
     out = tmp_path / "preempted"
     ckpt = out / "checkpoint" / "last.pt"
     env = {**os.environ, "ENTROPY_FT_NO_PROGRESS": "1"}

@@ -1,4 +1,6 @@
-"""`entropy-ft ingest` on generated sources: layouts, quarantine, duplicates policy, zip-slip, determinism, exit codes."""
+"""`entropy-ft ingest` on generated sources.
+
+Layouts, quarantine, duplicates policy, zip-slip, determinism, exit codes."""
 
 from __future__ import annotations
 
@@ -106,8 +108,9 @@ def test_brisc_layout_with_label_conflict_and_segmentation_ignored(tmp_path):
                 files[f"brisc2025/classification_task/{split}/{folder}/{name}"] = phantom_file(idx, cls, "JPEG")
     wrong = "brisc2025/classification_task/train/glioma/brisc2025_train_00999_me_co_t1.jpg"
     files[wrong] = phantom_file(999, "meningioma", "JPEG")
-    files["brisc2025/segmentation_task/train/images/brisc2025_train_00001_gl_ax_t1.jpg"] = phantom_file(1, "glioma", "JPEG")
-    files["brisc2025/segmentation_task/train/masks/brisc2025_train_00001_gl_ax_t1.png"] = encode(np.zeros((48, 48), np.uint8))
+    seg = "brisc2025/segmentation_task/train"
+    files[f"{seg}/images/brisc2025_train_00001_gl_ax_t1.jpg"] = phantom_file(1, "glioma", "JPEG")
+    files[f"{seg}/masks/brisc2025_train_00001_gl_ax_t1.png"] = encode(np.zeros((48, 48), np.uint8))
     src = make_zip(tmp_path / "brisc2025.zip", files)
     out = tmp_path / "ds"
     summary = run([src], out)

@@ -33,11 +33,13 @@ def test_s3_prefix_and_archive_sources_to_s3_destination(s3_endpoint, tmp_path):
 
     with storage.local_copy(out) as local:
         manifest = load_manifest(local)
-        assert [(s["name"], s["layout"]) for s in manifest.sources] == [("export", "imagefolder"), ("more.zip", "imagefolder")]
+        assert [(s["name"], s["layout"]) for s in manifest.sources] == [
+            ("export", "imagefolder"), ("more.zip", "imagefolder")]
         assert manifest.quarantine[0]["file"] == "export/train/glioma/.DS_Store"
         for shard in manifest.shards:
             assert hashlib.sha256((local / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
-        sources = {s for split in ("train", "val", "test") for s in read_split(local, split, ["source"]).column("source").to_pylist()}
+        sources = {s for split in ("train", "val", "test")
+                   for s in read_split(local, split, ["source"]).column("source").to_pylist()}
         assert {s.split("/", 1)[0] for s in sources} == {"export", "more.zip"}
         assert "export/train/pituitary/pi_03000.png" in sources
 

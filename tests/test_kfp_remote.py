@@ -43,7 +43,8 @@ def test_submit_uploads_pipeline_then_starts_a_run_with_the_flags(kfp_api, capsy
     assert experiment["display_name"] == "mri"
     run = kfp_api.find("POST", "/runs")[0].json()
     assert run["display_name"] == "r1" and run["experiment_id"] == "experiment-1"
-    assert run["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "pipeline-1-version-1"}
+    assert run["pipeline_version_reference"] == {"pipeline_id": "pipeline-1",
+                                                 "pipeline_version_id": "pipeline-1-version-1"}
     params = run["runtime_config"]["parameters"]
     assert params["arch"] == "resnet34" and params["rule"] == "quantile:0.3" and params["epochs"] == 7
     assert params["weights"] == "imagenet"  # untouched flags keep the pipeline defaults
@@ -71,7 +72,8 @@ def test_schedule_creates_a_recurring_run_with_cron_and_limits(kfp_api, capsys):
     assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
     assert body["no_catchup"] is True
     assert body["mode"] == "ENABLE"
-    assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "pipeline-1-version-1"}
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-1",
+                                                  "pipeline_version_id": "pipeline-1-version-1"}
     assert body["runtime_config"]["parameters"]["strategies"] == ["entropy", "random"]
     assert summary["recurring_run_id"] == "recurring-1" and summary["cron"] == "0 0 2 * * 1"
 

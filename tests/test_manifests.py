@@ -86,7 +86,8 @@ def service_port(objects: list[dict], url_or_hostport: str) -> tuple[dict, int]:
     parsed = urlparse(url_or_hostport if "://" in url_or_hostport else f"http://{url_or_hostport}")
     service = one(objects, "Service", parsed.hostname)
     ports = {p["port"] for p in service["spec"]["ports"]}
-    assert parsed.port in ports, f"{url_or_hostport}: port {parsed.port} is not one of {service['metadata']['name']}'s {ports}"
+    assert parsed.port in ports, (
+        f"{url_or_hostport}: port {parsed.port} is not one of {service['metadata']['name']}'s {ports}")
     return service, parsed.port
 
 
@@ -147,7 +148,8 @@ def test_every_container_is_hardened_limited_and_pinned(rendered, overlay):
             assert {"cpu", "memory"} <= set(container.get("resources", {}).get(bound, {})), f"{where} lacks {bound}"
         image = container["image"]
         name, _, tag = image.rpartition(":")
-        assert "@sha256:" in image or (name and "/" not in tag and tag and tag != "latest"), f"{where}: {image} unpinned"
+        pinned = "@sha256:" in image or (name and "/" not in tag and tag and tag != "latest")
+        assert pinned, f"{where}: {image} unpinned"
         seen += 1
     assert seen >= 3
 

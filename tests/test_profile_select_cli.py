@@ -19,7 +19,8 @@ from entropy_ft.steps import profile, select
 @pytest.fixture(scope="module")
 def profiled(synthetic_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("profile") / "profile"
-    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(out), images=32, batch_size=16))
+    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(out),
+                               images=32, batch_size=16))
     return out
 
 
@@ -38,7 +39,8 @@ def test_profile_json_describes_every_conv_in_forward_order(profiled, synthetic_
 
 def test_profiling_a_dataset_twice_gives_the_same_profile(profiled, synthetic_dataset, tmp_path):
     again = tmp_path / "again"
-    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(again), images=32, batch_size=16))
+    profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none", out=str(again),
+                               images=32, batch_size=16))
     first = json.loads((profiled / "profile.json").read_text())
     second = json.loads((again / "profile.json").read_text())
     assert first["layers"] == second["layers"]
@@ -55,9 +57,12 @@ def test_stratified_subset_keeps_the_class_mix_and_follows_the_seed():
 
 
 def test_random_without_a_budget_matches_the_entropy_selection(profiled, tmp_path):
-    select.run(select.Config(profile=str(profiled), strategy="entropy", out=str(tmp_path / "entropy"), rule="quantile:0.5"))
-    select.run(select.Config(profile=str(profiled / "profile.json"), strategy="random", out=str(tmp_path / "random"), rule="quantile:0.5", seed=4))
-    select.run(select.Config(profile=str(profiled), strategy="random", out=str(tmp_path / "from"), seed=4, budget_from=str(tmp_path / "entropy")))
+    select.run(select.Config(profile=str(profiled), strategy="entropy", out=str(tmp_path / "entropy"),
+                             rule="quantile:0.5"))
+    select.run(select.Config(profile=str(profiled / "profile.json"), strategy="random", out=str(tmp_path / "random"),
+                             rule="quantile:0.5", seed=4))
+    select.run(select.Config(profile=str(profiled), strategy="random", out=str(tmp_path / "from"), seed=4,
+                             budget_from=str(tmp_path / "entropy")))
     chosen = json.loads((tmp_path / "entropy" / "selection.json").read_text())
     rand = json.loads((tmp_path / "random" / "selection.json").read_text())
     costs = {row["name"]: row["params"] for row in json.loads((profiled / "profile.json").read_text())["layers"]}
@@ -81,14 +86,20 @@ def test_head_selection_trains_only_the_head(profiled, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["profile", "{data}", "--arch", "resnet99", "--weights", "none", "--out", "{tmp}/p"], "unknown architecture 'resnet99'"),
-        (["profile", "{tmp}/missing", "--arch", "resnet18", "--weights", "none", "--out", "{tmp}/p"], "missing: no such file"),
+        (["profile", "{data}", "--arch", "resnet99", "--weights", "none", "--out", "{tmp}/p"],
+         "unknown architecture 'resnet99'"),
+        (["profile", "{tmp}/missing", "--arch", "resnet18", "--weights", "none", "--out", "{tmp}/p"],
+         "missing: no such file"),
         (["profile", "{data}", "--arch", "resnet18", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/p"], "--weights"),
-        (["profile", "{data}", "--arch", "resnet18", "--weights", "none", "--bins", "1", "--out", "{tmp}/p"], "--bins 1"),
-        (["select", "{profile}", "--strategy", "entropy", "--rule", "quantile:1.5", "--out", "{tmp}/s"], "'quantile:1.5': Q must be between 0 and 1"),
-        (["select", "{profile}", "--strategy", "entropy", "--rule", "budget:x", "--out", "{tmp}/s"], "'budget:x': F must be a number"),
+        (["profile", "{data}", "--arch", "resnet18", "--weights", "none", "--bins", "1", "--out", "{tmp}/p"],
+         "--bins 1"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "quantile:1.5", "--out", "{tmp}/s"],
+         "'quantile:1.5': Q must be between 0 and 1"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "budget:x", "--out", "{tmp}/s"],
+         "'budget:x': F must be a number"),
         (["select", "{profile}", "--strategy", "entropy", "--rule", "foo", "--out", "{tmp}/s"], "'foo': unknown rule"),
-        (["select", "{profile}", "--strategy", "full", "--rule", "below-mean", "--out", "{tmp}/s"], "applies only to --strategy entropy or random"),
+        (["select", "{profile}", "--strategy", "full", "--rule", "below-mean", "--out", "{tmp}/s"],
+         "applies only to --strategy entropy or random"),
         (["select", "{tmp}", "--strategy", "entropy", "--out", "{tmp}/s"], "profile.json: no such file"),
     ],
 )
@@ -106,7 +117,8 @@ def test_console_script_profiles_and_selects_end_to_end(synthetic_dataset, tmp_p
     runs = [
         ["profile", str(synthetic_dataset), "--arch", "resnet18", "--weights", "none", "--images", "16",
          "--tap", "relu", "--estimator", "channel", "--out", str(tmp_path / "prof")],
-        ["select", str(tmp_path / "prof"), "--strategy", "entropy", "--rule", "budget:0.3", "--out", str(tmp_path / "sel")],
+        ["select", str(tmp_path / "prof"), "--strategy", "entropy", "--rule", "budget:0.3",
+         "--out", str(tmp_path / "sel")],
     ]
     summaries = []
     for args in runs:

@@ -38,7 +38,8 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A SqueezeNet 1.1 (random init, 4 classes; 5 MB of weights, so uploads stay quick) Model dir, as `entropy-ft finetune` writes it."""
+    """A SqueezeNet 1.1 (random init, 4 classes; 5 MB of weights, so uploads stay quick) Model dir,
+    as `entropy-ft finetune` writes it."""
     out = tmp_path_factory.mktemp("model") / "model"
     model, info = build_model("squeezenet1_1", len(CLASSES), "none")
     selection = {"strategy": "entropy", "rule": "below-mean", "seed": 0, "layers": ["features.0", "features.3.squeeze"],
@@ -116,7 +117,8 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
         for epoch in (1, 2, 3):
             on_epoch_end(epoch, {"epoch": epoch, "train_loss": 1.0 / epoch, "val_accuracy": 0.3 + 0.1 * epoch})
         time.sleep(1.5)  # let the system-metrics sampler (0.5 s here) publish
-    code, summary, err = register(capfd, model_dir, eval_uri, "--run-id", run_id, "--profile", str(tmp_path / "profile.json"))
+    code, summary, err = register(capfd, model_dir, eval_uri, "--run-id", run_id,
+                                  "--profile", str(tmp_path / "profile.json"))
     assert code == 0, err
     assert summary["promoted"] and summary["champion"] == summary["version"] and summary["run_id"] == run_id
 
@@ -128,7 +130,8 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
     assert params["selection.strategy"] == "entropy" and params["train.lr"] == "0.001"
     assert json.loads(params["classes"]) == CLASSES
     history = client.get_metric_history(run_id, "val_accuracy")
-    assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.4), (2, 0.5), (3, 0.6)]
+    steps = [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)]
+    assert steps == [(1, 0.4), (2, 0.5), (3, 0.6)]
     assert run.data.metrics["test_macro_f1"] == pytest.approx(0.70)
     assert run.data.metrics["test_macro_f1_sigma_0.2"] == pytest.approx(0.50)
     assert len(client.get_metric_history(run_id, "test_macro_f1_vs_sigma_pct")) == 3

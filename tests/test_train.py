@@ -7,12 +7,12 @@ import torch
 from selection_factory import CLASSES, selection_doc
 from torch import nn
 
+from entropy_ft.device import resolve_device, resolve_precision
 from entropy_ft.errors import UserError
 from entropy_ft.model import factory as models
 from entropy_ft.model.freezing import apply_selection, frozen_batchnorms, split_frozen_prefix
 from entropy_ft.training.checkpoint import load_checkpoint, save_checkpoint
 from entropy_ft.training.loop import TrainConfig, lr_factor, train
-from entropy_ft.training.precision import resolve_device, resolve_precision
 from entropy_ft.training.preemption import Preempted, StopFlag
 
 
@@ -69,7 +69,7 @@ def test_frozen_prefix_keeps_no_autograd_graph_and_trainable_layers_get_gradient
 def test_train_mode_keeps_frozen_batchnorms_in_eval_mode():
     model, sel = _model("resnet18", "alternate")
     apply_selection(model, sel["trainable_modules"])
-    staged = split_frozen_prefix(model, "resnet18").train()
+    split_frozen_prefix(model, "resnet18").train()
     frozen = frozen_batchnorms(model)
     trainable_bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m not in frozen]
     assert frozen and trainable_bns
@@ -87,9 +87,9 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 def test_precision_choice(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("entropy_ft.training.precision.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("entropy_ft.device.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr("entropy_ft.training.precision.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("entropy_ft.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(UserError, match="--precision fp16"):
@@ -204,13 +204,15 @@ def test_resumed_run_ends_with_bit_identical_weights(arch, synthetic_dataset, tm
     ckpt = str(tmp_path / "ckpt")
     fp = {"test": arch}
     with pytest.raises(Preempted) as preempted:  # SIGTERM in the middle of epoch 1 (8 batches per epoch)
-        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, fingerprint=fp, stop=StopAfter(4))
+        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, fingerprint=fp,
+              stop=StopAfter(4))
     assert preempted.value.code == 143
     assert load_checkpoint(ckpt, {})["batches_done"] == 4
     with pytest.raises(Killed):  # killed right after epoch 2's checkpoint
         train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, resume=True, fingerprint=fp,
               on_epoch_end=_kill_after_epoch(2))
-    resumed = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, resume=True, fingerprint=fp)
+    resumed = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, resume=True,
+                    fingerprint=fp)
 
     assert resumed.best_epoch == reference.best_epoch
     assert [h["val_macro_f1"] for h in resumed.history] == [h["val_macro_f1"] for h in reference.history]

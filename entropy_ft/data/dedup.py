@@ -64,13 +64,16 @@ class Group:
     members: list[int]  # item indices, sorted
 
 
-def find_groups(pixel_shas: list[str], phashes: np.ndarray, max_distance: int = NEAR_MAX_DISTANCE) -> tuple[list[Group], np.ndarray]:
+def find_groups(
+    pixel_shas: list[str], phashes: np.ndarray, max_distance: int = NEAR_MAX_DISTANCE
+) -> tuple[list[Group], np.ndarray]:
     """Exact and near groups of items, and the component id of every item (for group-aware splitting)."""
     n = len(pixel_shas)
     by_sha: dict[str, list[int]] = defaultdict(list)
     for i, sha in enumerate(pixel_shas):
         by_sha[sha].append(i)
-    exact_pairs = [(g[0], j) for g in by_sha.values() for j in g[1:]]  # identical pixels are joined even if hashes differ
+    # identical pixels are joined even if hashes differ
+    exact_pairs = [(g[0], j) for g in by_sha.values() for j in g[1:]]
     pairs = np.concatenate([near_pairs(phashes, max_distance), np.array(exact_pairs, np.int64).reshape(-1, 2)])
     comp = components(n, pairs)
     groups = [Group("exact", g) for g in by_sha.values() if len(g) > 1]

@@ -1,4 +1,5 @@
-"""The Dataset artifact: Parquet shards per split plus ``manifest.json`` (:class:`entropy_ft.artifacts.DatasetManifest`).
+"""The Dataset artifact: Parquet shards per split plus ``manifest.json``
+(:class:`entropy_ft.artifacts.DatasetManifest`).
 
 One row per image. ``image`` holds the preprocessed pixels as raw row-major uint8
 (``height`` x ``width`` x ``channels``, channels 1 for grayscale MRI and 3 for colour):

@@ -138,7 +138,9 @@ class _Mapper:
         self.has_test = bool(tops & TEST_DIRS)
         if layout == "kaggle" and not (self.split_mode and {"training", "testing"} <= tops):
             found = ", ".join(sorted(tops)) or "no folders"
-            raise UserError(f"{uri}: --layout kaggle expects Training/ and Testing/ folders of class folders; found {found}")
+            raise UserError(
+                f"{uri}: --layout kaggle expects Training/ and Testing/ folders of class folders; found {found}"
+            )
 
     def quarantine(self, path: str, kind: str, reason: str) -> None:
         self.result.quarantine.append(q.Quarantined(f"{self.name}/{path}", kind, reason))
@@ -203,7 +205,8 @@ class _Mapper:
         if self.layout == "brisc2025" and (m := BRISC_NAME.match(parts[-1])):
             named = canonical_class(BRISC_CODES[m.group(1).lower()], self.class_map)
             if named != cls:
-                return self.quarantine(path, q.LABEL_CONFLICT, f"label conflict: file name says {named}, folder says {cls}")
+                reason = f"label conflict: file name says {named}, folder says {cls}"
+                return self.quarantine(path, q.LABEL_CONFLICT, reason)
         self.result.candidates.append(Candidate(path, cls, split, class_dir))
         return None
 
@@ -221,7 +224,9 @@ def resolve(uri: str, name: str, members: list[Member], layout: str, class_map: 
         raise UserError(f"{uri}: no image files (of {len(files)} files, none is a visible .jpg/.png/... image)")
     chosen = detect(images) if layout == "auto" else layout
     if chosen == "brisc2025" and not any(BRISC_TASK in (c.lower() for c in p.split("/")) for p in images):
-        raise UserError(f"{uri}: --layout brisc2025 expects classification_task/{{train,test}}/<class>/ folders; none found")
+        raise UserError(
+            f"{uri}: --layout brisc2025 expects classification_task/{{train,test}}/<class>/ folders; none found"
+        )
     mapper = _Mapper(uri, name, chosen, images, class_map)
     folders = {m.path for m in members if m.is_dir}
     folders |= {"/".join(m.path.split("/")[:k]) for m in files for k in range(1, m.path.count("/") + 1)}

@@ -1,8 +1,10 @@
-"""Feed a Dataset artifact to a model: Parquet rows -> uint8 tensors in DataLoader workers -> normalised batches on the device.
+"""Feed a Dataset artifact to a model: Parquet rows -> uint8 tensors in DataLoader workers
+-> normalised batches on the device.
 
 Workers only slice raw pixels out of one shared Arrow buffer and augment them as uint8
-Pillow images, on the stored channels (one for a grayscale scan); conversion to float, optional Gaussian noise and ImageNet normalisation run on whole
-batches on the device (:func:`to_model_input`), where they are cheapest.
+Pillow images, on the stored channels (one for a grayscale scan); conversion to float,
+optional Gaussian noise and ImageNet normalisation run on whole batches on the device
+(:func:`to_model_input`), where they are cheapest.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ParquetImages(Dataset):
     """One split of a Dataset artifact as ``(uint8 tensor 3xHxW, label)`` pairs.
 
-    Grayscale rows are replicated to 3 channels here, at load time, as DESIGN asks, but only
+    Grayscale rows are replicated to 3 channels here, at load time, but only
     after ``transform`` (if any) has run on the stored channels: augmenting one channel and
     copying it is the same image as augmenting three equal channels, at a third of the work.
     """
@@ -32,7 +34,8 @@ class ParquetImages(Dataset):
         table = read_split(root, split, columns=["image", "height", "width", "channels", "label"])
         images = table.column("image").combine_chunks()
         # Arrow binary array: buffers() = [validity, int32 offsets, data]; slice rows without copying
-        self._offsets = np.frombuffer(images.buffers()[1], dtype=np.int32)[images.offset : images.offset + len(images) + 1]
+        offsets = np.frombuffer(images.buffers()[1], dtype=np.int32)
+        self._offsets = offsets[images.offset : images.offset + len(images) + 1]
         self._data = np.frombuffer(images.buffers()[2], dtype=np.uint8) if len(images) else np.empty(0, np.uint8)
         self._shape = np.stack(
             [table.column(c).to_numpy() for c in ("height", "width", "channels")], axis=1

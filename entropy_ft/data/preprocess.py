@@ -117,7 +117,8 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
 
 
 def fit_and_pad(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the longer side is ``size`` (aspect ratio kept), then pad with black to ``size`` x ``size``, centred."""
+    """Resize so the longer side is ``size`` (aspect ratio kept), then pad with black to
+    ``size`` x ``size``, centred."""
     h, w = pixels.shape[:2]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))

@@ -69,7 +69,12 @@ class SeededAugment(Dataset):
 
 
 def make_train_loader(
-    root: str | Path, batch_size: int, seed: int, num_workers: int = 0, image_size: int | None = None, augment: bool = True
+    root: str | Path,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    image_size: int | None = None,
+    augment: bool = True,
 ) -> tuple[DataLoader, EpochSampler]:
     """The training loader and its sampler (call ``sampler.set_epoch`` before each epoch)."""
     images = ParquetImages(root, "train", image_size=image_size)

@@ -50,4 +50,5 @@ class ModelInputs:
 
 def load_images(ds: ParquetImages, indices: np.ndarray) -> torch.Tensor:
     """The chosen rows of a split as one uint8 Nx3xHxW tensor."""
-    return torch.stack([ds.pixels(int(i)) for i in progress(indices, desc="loading images", total=len(indices), unit="img")])
+    rows = progress(indices, desc="loading images", total=len(indices), unit="img")
+    return torch.stack([ds.pixels(int(i)) for i in rows])

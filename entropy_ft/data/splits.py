@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def carve(pool: Sequence[int], class_of: Sequence[str], unit_of: np.ndarray, fraction: float, rng: np.random.Generator) -> set[int]:
+def carve(
+    pool: Sequence[int], class_of: Sequence[str], unit_of: np.ndarray, fraction: float, rng: np.random.Generator
+) -> set[int]:
     """Items taken out of ``pool``: about ``fraction`` of each class, whole units (duplicate groups) at a time.
 
     A unit belongs to the class of its first item. Units are visited in a seeded random order

@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from entropy_ft.data.loader import to_model_input
+from entropy_ft.device import autocast
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.metrics import classification_metrics
 from entropy_ft.logs import progress
-from entropy_ft.training.precision import autocast
 
 DEFAULT_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4)
 

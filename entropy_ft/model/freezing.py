@@ -1,6 +1,6 @@
 """Apply a layer selection to a model: what trains, what stays frozen, and where autograd can stop.
 
-Three rules from DESIGN section 6, enforced here and nowhere else:
+Three rules, enforced here and nowhere else:
 
 * only the selection's ``trainable_modules`` (selected convs, the BatchNorm after each, the
   head) have ``requires_grad``; every other parameter is never handed to the optimizer;

@@ -1,4 +1,4 @@
-"""Activation entropy of convolutional layers (DESIGN section 6), read through forward hooks.
+"""Activation entropy of convolutional layers, read through forward hooks.
 
 The entropy of a layer is the Shannon entropy, in bits, of the histogram of its output
 activations, with ``bins`` equal-width bins over the layer's range over all profiling
@@ -322,14 +322,20 @@ def profile_entropy(
     per_channel = estimator == "channel"
     two_pass = per_channel or bins * REFINE > MAX_FINE_BINS
     if two_pass and iter(batches) is batches:
-        raise TypeError(f"{estimator} with {bins} bins iterates batches twice; pass a list or a DataLoader, not an iterator")
+        raise TypeError(
+            f"{estimator} with {bins} bins iterates batches twice; pass a list or a DataLoader, not an iterator"
+        )
     hooked = [tp.module for tp in taps.values()]
     if len(set(hooked)) != len(hooked):
         raise ValueError(f"two layers read the same module: {hooked}")
     modules = dict(model.named_modules())
     scratch = _Scratch()
     readers = {
-        name: _TwoPassReader(tp.relu, bins, scratch, per_channel) if two_pass else _BatchHistograms(tp.relu, bins, scratch)
+        name: (
+            _TwoPassReader(tp.relu, bins, scratch, per_channel)
+            if two_pass
+            else _BatchHistograms(tp.relu, bins, scratch)
+        )
         for name, tp in taps.items()
     }
     handles = [modules[taps[name].module].register_forward_hook(r) for name, r in readers.items()]

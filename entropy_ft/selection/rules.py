@@ -1,4 +1,4 @@
-"""Which conv layers to unfreeze (DESIGN section 6), with exact parameter accounting.
+"""Which conv layers to unfreeze: the entropy rules and the baselines, with exact parameter accounting.
 
 Strategies: ``entropy`` (a rule over the profiled entropies), and the baselines ``full``
 (every conv), ``head`` (no conv, only the new classifier) and ``random`` (seeded random
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from entropy_ft.errors import UserError
 
 STRATEGIES = ("entropy", "full", "head", "random")
+RULED = ("entropy", "random")  # the strategies a rule applies to (random matches its budget)
 DEFAULT_RULE = "below-mean"
 _RULE_HELP = "expected below-mean, quantile:Q or budget:F with Q, F between 0 and 1"
 

@@ -13,13 +13,13 @@ from entropy_ft import storage
 from entropy_ft.artifacts import Evaluation, ModelMeta
 from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
 from entropy_ft.data.loader import LoaderConfig, make_loader
+from entropy_ft.device import resolve_device
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.noise import DEFAULT_SIGMAS, noise_robustness, parse_sigmas, sigmas_problem
 from entropy_ft.logs import log
 from entropy_ft.model.model_dir import load_model_dir
 from entropy_ft.options import Options, at_least, option
 from entropy_ft.plots import line_figure, write_report
-from entropy_ft.training.precision import resolve_device
 
 METRIC_KEYS = ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix")
 
@@ -46,7 +46,8 @@ def run(cfg: Config) -> dict:
         model, meta = load_model_dir(model_path, device)
         classes = list(meta.classes)
         if list(manifest.classes) != classes:
-            raise UserError(f"{cfg.dataset}: classes {manifest.classes} differ from the model's {classes} ({cfg.model})")
+            raise UserError(f"{cfg.dataset}: classes {manifest.classes} differ from the model's {classes} "
+                            f"({cfg.model})")
         loader = make_loader(root, cfg.split, LoaderConfig(cfg.batch_size, cfg.num_workers, meta.image_size, cfg.seed),
                              train=False)
         if len(loader.dataset) == 0:

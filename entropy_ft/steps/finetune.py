@@ -1,4 +1,7 @@
-"""Fine-tune a model on a Dataset with a layer selection; writes a Model dir (weights.safetensors + model.json + history.json).
+"""Fine-tune a model on a Dataset with a layer selection; writes a Model dir.
+
+The Model dir holds weights.safetensors, model.json (:class:`entropy_ft.artifacts.ModelMeta`)
+and history.json (:class:`entropy_ft.artifacts.TrainingHistory`).
 
 Checkpoints go to ``--checkpoint-dir`` (default: ``OUT/checkpoint``) after every epoch and on
 SIGTERM; ``--resume`` continues from there, or starts afresh when there is no checkpoint yet,
@@ -37,7 +40,8 @@ class Config(TrainConfig):
     out: str = option(help="Model dir to write (local path or s3:// prefix)")
     resume: bool = option(False, help="continue from the checkpoint if there is one")
     checkpoint_dir: str | None = option(
-        None, help="where checkpoints go (default: $ENTROPY_FT_CHECKPOINT_ROOT/<key of OUT> if set, else OUT/checkpoint)")
+        None, help="where checkpoints go (default: $ENTROPY_FT_CHECKPOINT_ROOT/<key of OUT> if set, "
+                   "else OUT/checkpoint)")
 
 
 def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
@@ -58,15 +62,18 @@ def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
             raise UserError(f"{cfg.selection}: trainable_modules do not match its layers for {arch}")
         data_sha = manifest_sha256(root)
         checkpoint_dir = cfg.checkpoint_dir or checkpoint_dir_for(cfg.out)
-        fingerprint = {"arch": arch, "classes": classes, "data_manifest_sha256": data_sha, "weights_sha256": weights.sha256}
+        fingerprint = {"arch": arch, "classes": classes, "data_manifest_sha256": data_sha,
+                       "weights_sha256": weights.sha256}
         with stop_on_sigterm() as stop:
-            result = train(model, arch, trainable, root, cfg, checkpoint_dir, cfg.resume, fingerprint, on_epoch_end, stop)
+            result = train(model, arch, trainable, root, cfg, checkpoint_dir, cfg.resume, fingerprint, on_epoch_end,
+                           stop)
         meta = model_meta(cfg, selection, classes, cfg.image_size or manifest.image_size, manifest.preprocessing,
                           weights.as_dict(), data_sha, result, count_params(model))
     with storage.output_dir(cfg.out) as tmp:
         save_model_dir(tmp, result.model, meta)
         TrainingHistory(history=result.history, best_epoch=result.best_epoch).write(str(tmp))
-    log.info("model written to %s (best epoch %d, val macro-F1 %.3f)", cfg.out, result.best_epoch, result.best_val_macro_f1)
+    log.info("model written to %s (best epoch %d, val macro-F1 %.3f)", cfg.out, result.best_epoch,
+             result.best_val_macro_f1)
     return {
         "out": cfg.out,
         "arch": arch,

@@ -35,7 +35,8 @@ SHARD_MAX_BYTES = 64 << 20
 @dataclass(frozen=True, kw_only=True)
 class Config(Options):
     sources: tuple[str, ...] = option(
-        flag="SOURCE", nargs="+", help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
+        flag="SOURCE", nargs="+",
+        help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
     out: str = option(help="output directory or s3:// prefix")
     layout: str = option("auto", choices=LAYOUTS, help="how the sources are organised")
     image_size: int = option(224, check=IMAGE_SIZE, help="square side in pixels after preprocessing")
@@ -47,7 +48,8 @@ class Config(Options):
                              help="report: warn; drop: remove from val/test what train has and dedupe splits; "
                                   "fail: exit 2 on any cross-split duplicate")
     class_map: tuple[str, ...] = option((), action="append", metavar="FROM=TO[,FROM=TO]",
-                                        help="rename class folders (repeatable), after which notumor/no_tumor/no are one class anyway")
+                                        help="rename class folders (repeatable), after which notumor/no_tumor/no "
+                                             "are one class anyway")
     workers: int = option(0, check=at_least(0), help="decoding processes (0: every core)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, check=at_least(1, "pixel"),
                              help="images with more pixels are quarantined as decompression bombs")
@@ -123,7 +125,8 @@ def run_sources(cfg: Config) -> dict:
             log.info("%s: layout %s, %d files, %d images, %d quarantined, %d ignored",
                      s.uri, lay.name, sum(not m.is_dir for m in s.members), len(lay.candidates),
                      len(lay.quarantine), lay.ignored)
-        items = [Item(k, f"{s.name}/{c.path}", c) for k, (s, lay) in enumerate(zip(sources, layouts)) for c in lay.candidates]
+        items = [Item(k, f"{s.name}/{c.path}", c)
+                 for k, (s, lay) in enumerate(zip(sources, layouts)) for c in lay.candidates]
         quarantined = [e for lay in layouts for e in lay.quarantine]
         workers = cfg.workers or default_workers()
         with storage.output_dir(cfg.out) as tmp:
@@ -182,7 +185,8 @@ def _check_class_folders(sources: list[Source], layouts: list[Layout], items: li
     for k, (s, lay) in enumerate(zip(sources, layouts)):
         for folder in sorted(lay.class_dirs):
             if not found[(k, folder)]:
-                raise UserError(f"{s.uri}: class folder {folder!r} has no usable images (empty, or every file quarantined)")
+                raise UserError(f"{s.uri}: class folder {folder!r} has no usable images "
+                                "(empty, or every file quarantined)")
 
 
 @dataclass
@@ -218,7 +222,8 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     classes = sorted(set(class_of))
     in_training = {class_of[j] for j, s in enumerate(split_of) if s in ("train", "val")}
     if missing := [c for c in classes if c not in in_training]:
-        raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, only test images")
+        raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, "
+                        "only test images")
 
     comps = dedup.component_members(comp)
     crossing = [m for m in comps if len({split_of[j] for j in m}) > 1]
@@ -226,7 +231,8 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     if cfg.duplicates == "fail" and crossing:
         a, b = crossing[0][0], next(j for j in crossing[0] if split_of[j] != split_of[crossing[0][0]])
         raise UserError(
-            f"--duplicates fail: {len(crossing)} groups of duplicate images cross splits, e.g. {names[a]} ({split_of[a]}) "
+            f"--duplicates fail: {len(crossing)} groups of duplicate images cross splits, "
+            f"e.g. {names[a]} ({split_of[a]}) "
             f"and {names[b]} ({split_of[b]}); nothing was written to {cfg.out} (use --duplicates report or drop)"
         )
     removed = dedup.drop_plan(comps, split_of, class_of, names) if cfg.duplicates == "drop" else {}
@@ -288,7 +294,8 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
         ],
         splits={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
-                "method": "stratified by class, seeded; duplicate groups are never split across train/val/test by carving"},
+                "method": "stratified by class, seeded; duplicate groups are never split across "
+                          "train/val/test by carving"},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
     )

@@ -17,13 +17,13 @@ from entropy_ft.artifacts import Profile
 from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
 from entropy_ft.data.loader import ParquetImages
 from entropy_ft.data.sample import ModelInputs, load_images, stratified_indices
+from entropy_ft.device import resolve_device
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
 from entropy_ft.model.archs import CONV_LAYERS, arch_problem
 from entropy_ft.model.factory import build_model, measure_backbone
 from entropy_ft.options import IMAGE_SIZE, Options, at_least, between, option
 from entropy_ft.selection.entropy import ESTIMATORS, TAPS, profile_entropy, tap_points
-from entropy_ft.training.precision import resolve_device
 
 
 @dataclass(frozen=True, kw_only=True)

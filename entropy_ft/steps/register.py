@@ -22,7 +22,8 @@ from entropy_ft.tracking import runs as tracking
 
 
 def _model_name_problem(name: str) -> str | None:
-    return None if name.strip() and "/" not in name and ":" not in name else "expected a non-empty name without '/' or ':'"
+    ok = name.strip() and "/" not in name and ":" not in name
+    return None if ok else "expected a non-empty name without '/' or ':'"
 
 
 def _gate_metric_problem(text: str) -> str | None:
@@ -43,8 +44,8 @@ class Config(Options):
     run_id: str | None = option(None, help="MLflow run of this pipeline run to log into (default: create one)")
     run_name: str | None = option(None, help="name for a newly created MLflow run")
     profile: str | None = option(None, metavar="URI", help="profile.json to log with the run (optional)")
-    selection: str | None = option(None, metavar="URI",
-                                   help="selection.json to log with the run (default: the copy in the model's model.json)")
+    selection: str | None = option(
+        None, metavar="URI", help="selection.json to log with the run (default: the copy in the model's model.json)")
     kfp_run_id: str | None = option(None, cli=False, help="the KFP run this registration belongs to")
     kfp_run_name: str | None = option(None, cli=False, help="its display name")
     pipeline_name: str | None = option(None, cli=False, help="the pipeline that ran")
@@ -74,7 +75,8 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
               profile: dict | None, selection: dict | None) -> dict:
     client = tracking.connect()
     run_name = cfg.run_name or f"{meta['arch']}-{(selection or {}).get('strategy', 'model')}"
-    run_id = tracking.ensure_run(cfg.run_id, run_name, tracking.pipeline_tags(cfg.kfp_run_id, cfg.kfp_run_name, cfg.pipeline_name))
+    tags = tracking.pipeline_tags(cfg.kfp_run_id, cfg.kfp_run_name, cfg.pipeline_name)
+    run_id = tracking.ensure_run(cfg.run_id, run_name, tags)
     with tracking.active_run(run_id):
         tracking.log_params(run_id, tracking.run_params(profile=profile, selection=selection, model_meta=meta))
         for name, doc, uri in (("profile", profile, cfg.profile and Profile.file_in(cfg.profile)),

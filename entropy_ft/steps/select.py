@@ -19,6 +19,7 @@ from entropy_ft.model.archs import backbone, check_arch
 from entropy_ft.options import Options, at_least, option
 from entropy_ft.selection.rules import (
     DEFAULT_RULE,
+    RULED,
     STRATEGIES,
     Rule,
     parse_rule,
@@ -26,8 +27,6 @@ from entropy_ft.selection.rules import (
     select_random,
     strategy_layers,
 )
-
-RULED = ("entropy", "random")  # the strategies a rule applies to
 
 
 def _rule_problem(text: str) -> str | None:
@@ -40,13 +39,14 @@ class Config(Options):
     profile: str = option(flag="PROFILE", help="profile directory or profile.json (local or s3://)")
     strategy: str = option("entropy", choices=STRATEGIES, help="entropy rule, or a baseline: full, head, random")
     out: str = option(help="output directory or s3:// prefix (selection.json, selection.html)")
-    rule: str | None = option(None, check=_rule_problem,
-                              help=f"{DEFAULT_RULE} (default), quantile:Q (lowest Q of layers) or budget:F (lowest-entropy "
-                                   "layers up to F of the backbone parameters); for random, the entropy selection whose "
-                                   "budget it matches; full and head take no rule")
+    rule: str | None = option(
+        None, check=_rule_problem,
+        help=f"{DEFAULT_RULE} (default), quantile:Q (lowest Q of layers) or budget:F (lowest-entropy layers up to F of "
+             "the backbone parameters); for random, the entropy selection whose budget it matches; full and head take "
+             "no rule")
     seed: int = option(0, help="seed of the random strategy")
-    budget_from: str | None = option(None, metavar="SELECTION",
-                                     help="random: match the trainable parameters of this selection.json (or its folder)")
+    budget_from: str | None = option(
+        None, metavar="SELECTION", help="random: match the trainable parameters of this selection.json (or its folder)")
     budget_params: int | None = option(None, metavar="N", check=at_least(0, "parameters"),
                                        help="random: match N trainable parameters, head included")
 

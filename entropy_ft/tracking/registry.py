@@ -37,7 +37,10 @@ class GateMetric:
     def parse(cls, text: str) -> "GateMetric":
         name, _, sigma = text.strip().partition("@")
         if name not in GATE_METRICS:
-            raise UserError(f"--gate-metric {text}: expected one of {', '.join(GATE_METRICS)}, optionally @SIGMA (e.g. macro_f1@0.2)")
+            raise UserError(
+                f"--gate-metric {text}: expected one of {', '.join(GATE_METRICS)}, "
+                "optionally @SIGMA (e.g. macro_f1@0.2)"
+            )
         try:
             value = float(sigma) if sigma else 0.0
         except ValueError:
@@ -103,7 +106,8 @@ def decide(mode: str, candidate: float | None, champion_version: str | None, cha
 
 
 def version_tags(metrics: Mapping[str, float], metric: GateMetric, value: float | None, decision: Decision,
-                 champion_version: str | None, champion_value: float | None, extra: Mapping[str, str]) -> dict[str, str]:
+                 champion_version: str | None, champion_value: float | None,
+                 extra: Mapping[str, str]) -> dict[str, str]:
     """Tags for a new model version: its test metrics and the gate decision, readable in the UI.
 
     Numbers are written with ``repr`` (shortest exact round trip), because the next

@@ -40,6 +40,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from entropy_ft.artifacts import Evaluation
 from entropy_ft.errors import UserError, short
 from entropy_ft.logs import log
 from entropy_ft.reports import flatten_numbers
@@ -152,7 +153,10 @@ def _connect(uri: str, experiment: str, artifact_location: str | None):
         if exp is None:
             exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
         elif exp.lifecycle_stage != "active":
-            raise UserError(f"MLflow experiment {experiment!r} at {redact(uri)} is deleted; restore it or set MLFLOW_EXPERIMENT_NAME")
+            raise UserError(
+                f"MLflow experiment {experiment!r} at {redact(uri)} is deleted; "
+                "restore it or set MLFLOW_EXPERIMENT_NAME"
+            )
         else:
             exp_id = exp.experiment_id
     log.info("MLflow tracking at %s, experiment %r", redact(uri), experiment)
@@ -308,7 +312,9 @@ def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
         try:
             client.log_batch(run_id, metrics=batch)
         except Exception as exc:  # any failure here must not stop training
-            log.warning("could not log epoch %d metrics to MLflow at %s: %s", epoch, redact(tracking_uri()), redact(short(exc)))
+            log.warning(
+                "could not log epoch %d metrics to MLflow at %s: %s", epoch, redact(tracking_uri()), redact(short(exc))
+            )
 
     return on_epoch_end
 
@@ -349,7 +355,7 @@ def log_evaluation(run_id: str, evaluation: Mapping) -> dict[str, float]:
     with tracking_errors():
         for i in range(0, len(batch), 1000):
             client.log_batch(run_id, metrics=batch[i : i + 1000])
-    log_json(run_id, "eval.json", evaluation)
+    log_json(run_id, Evaluation.FILE, evaluation)
     return metrics
 
 

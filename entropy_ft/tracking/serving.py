@@ -63,7 +63,8 @@ def predict_proba(model, meta: dict, images: list[bytes]) -> np.ndarray:
     out = [np.empty((0, len(meta["classes"])), dtype=np.float64)]
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
-            batch = torch.stack([model_pixels(data, meta["preprocessing"], size) for data in images[start : start + BATCH]])
+            chunk = images[start : start + BATCH]
+            batch = torch.stack([model_pixels(data, meta["preprocessing"], size) for data in chunk])
             logits = model(to_model_input(batch, torch.device("cpu"), channels_last=False))
             out.append(torch.softmax(logits.float(), dim=1).double().numpy())
     return np.concatenate(out)

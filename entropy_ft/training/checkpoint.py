@@ -61,11 +61,12 @@ def load_checkpoint(directory: str, fingerprint: dict) -> dict | None:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file; torch raises many kinds
         raise UserError(f"{uri}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    differences = {
-        k: (state.get("fingerprint", {}).get(k), v) for k, v in fingerprint.items() if state.get("fingerprint", {}).get(k) != v
-    }
+    saved = state.get("fingerprint", {})
+    differences = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
     if differences:
         detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in list(differences.items())[:4])
-        raise UserError(f"{uri}: checkpoint was made by a different run ({detail}); drop --resume or use another --checkpoint-dir")
+        raise UserError(
+            f"{uri}: checkpoint was made by a different run ({detail}); drop --resume or use another --checkpoint-dir"
+        )
     log.info("resuming from %s (epoch %d, %d batches into it)", uri, state["epoch"] + 1, state["batches_done"])
     return state

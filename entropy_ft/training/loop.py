@@ -40,6 +40,7 @@ from entropy_ft import storage
 from entropy_ft.data.decode_pool import default_workers
 from entropy_ft.data.loader import LoaderConfig, make_loader, to_model_input
 from entropy_ft.data.resumable import epoch_seed, make_train_loader
+from entropy_ft.device import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from entropy_ft.evaluation.noise import predict
@@ -47,7 +48,6 @@ from entropy_ft.logs import log, progress_bar
 from entropy_ft.model.freezing import apply_selection, split_frozen_prefix
 from entropy_ft.options import IMAGE_SIZE, Options, at_least, below, fraction, option
 from entropy_ft.training.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
-from entropy_ft.training.precision import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 from entropy_ft.training.preemption import Preempted, StopFlag
 
 WARMUP_FRACTION = 0.05
@@ -77,7 +77,8 @@ class TrainConfig(Options):
 
     def recipe(self) -> dict:
         """What decides the trained weights (a resume must match it); device, precision and workers do not."""
-        return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in ("device", "precision", "num_workers")}
+        run_only = ("device", "precision", "num_workers")
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in run_only}
 
 
 @dataclass
@@ -153,7 +154,8 @@ def train(
     staged = split_frozen_prefix(model, arch)
     workers = cfg.num_workers if cfg.num_workers is not None else loader_workers(device)
     loader, sampler = make_train_loader(data_root, cfg.batch_size, cfg.seed, workers, cfg.image_size, cfg.augment)
-    val_loader = make_loader(data_root, "val", LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed), train=False)
+    val_cfg = LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed)
+    val_loader = make_loader(data_root, "val", val_cfg, train=False)
     if len(sampler) == 0 or len(val_loader.dataset) == 0:
         raise UserError(f"{data_root}: training needs images in both the train and the val split")
     steps_per_epoch = len(loader)
@@ -175,7 +177,9 @@ def train(
     if resume and checkpoint_dir and saved is None:
         log.info("--resume: no checkpoint in %s yet, starting from the beginning", checkpoint_dir)
     elif not resume and checkpoint_dir and storage.exists(checkpoint_uri(checkpoint_dir)):
-        log.warning("starting afresh: the checkpoint in %s will be overwritten (pass --resume to continue it)", checkpoint_dir)
+        log.warning(
+            "starting afresh: the checkpoint in %s will be overwritten (pass --resume to continue it)", checkpoint_dir
+        )
     best_state: dict[str, torch.Tensor] | None = None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -234,8 +238,9 @@ def train(
         state.history.append(metrics)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s | %.1f s, %.0f img/s",
-            metrics["epoch"], cfg.epochs, metrics["train_loss"], metrics["train_accuracy"], val_loss, metrics["val_accuracy"],
-            metrics["val_macro_f1"], " (best)" if improved else "", train_seconds, metrics["images_per_second"] or 0,
+            metrics["epoch"], cfg.epochs, metrics["train_loss"], metrics["train_accuracy"],
+            val_loss, metrics["val_accuracy"], metrics["val_macro_f1"], " (best)" if improved else "",
+            train_seconds, metrics["images_per_second"] or 0,
         )
         state.epoch, state.batches_done, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         checkpoint()
@@ -263,7 +268,8 @@ def _seed_epoch(seed: int, state: _Progress, saved: dict | None) -> None:
 
 
 def _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler, criterion, device, precision,
-                 state: _Progress, cfg: TrainConfig, stop: StopFlag, checkpoint: Callable[[dict | None], None]) -> float:
+                 state: _Progress, cfg: TrainConfig, stop: StopFlag,
+                 checkpoint: Callable[[dict | None], None]) -> float:
     """One pass over the training batches, resuming at ``state.batches_done``; returns seconds spent."""
     staged.train()
     bar = progress_bar(f"epoch {state.epoch + 1}/{cfg.epochs}", total=steps_per_epoch, unit="batch")
