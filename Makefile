@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# ruff first: a style or import error fails in a second, before minutes of tests
 test: $(STAMP)
+	$(BIN)/ruff check .
 	ENTROPY_FT_NO_PROGRESS=1 $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
