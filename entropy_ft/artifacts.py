@@ -42,13 +42,17 @@ class Origin:
 class Artifact:
     """Base of the artifact records."""
 
-    FILE: ClassVar[str]
+    FILE: ClassVar[str]  # the file name, given as ``class X(Artifact, file=..., producer=...)``
     PRODUCER: ClassVar[str]  # the command that writes it, for error messages
 
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict, repr=False, compare=False)
     origin: Origin | None = field(default=None, repr=False, compare=False)
     present: frozenset | None = field(default=None, repr=False, compare=False)  # keys a file read had
+
+    def __init_subclass__(cls, file: str = "", producer: str = "", **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.FILE, cls.PRODUCER = file, producer
 
     def to_json(self) -> dict:
         """The file's content: ``schema_version`` first, then the fields in order, then ``extra``.
@@ -147,11 +151,8 @@ def _name(hint: Any) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetManifest(Artifact):
+class DatasetManifest(Artifact, file="manifest.json", producer="ingest"):
     """``manifest.json`` of a Dataset: classes, sizes, shards and what ingestion found."""
-
-    FILE: ClassVar[str] = "manifest.json"
-    PRODUCER: ClassVar[str] = "ingest"
 
     classes: list[str]
     image_size: int
@@ -167,11 +168,8 @@ class DatasetManifest(Artifact):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Profile(Artifact):
+class Profile(Artifact, file="profile.json", producer="profile"):
     """``profile.json``: the activation entropy of every backbone conv layer, in forward order."""
-
-    FILE: ClassVar[str] = "profile.json"
-    PRODUCER: ClassVar[str] = "profile"
 
     arch: str
     weights: str | None = None
@@ -198,11 +196,8 @@ class Profile(Artifact):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Selection(Artifact):
+class Selection(Artifact, file="selection.json", producer="select"):
     """``selection.json``: the conv layers to unfreeze and the exact parameter accounting."""
-
-    FILE: ClassVar[str] = "selection.json"
-    PRODUCER: ClassVar[str] = "select"
 
     arch: str
     weights: str
@@ -226,11 +221,8 @@ class Selection(Artifact):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelMeta(Artifact):
+class ModelMeta(Artifact, file="model.json", producer="finetune"):
     """``model.json`` of a Model dir: what rebuilds the fine-tuned model and feeds it."""
-
-    FILE: ClassVar[str] = "model.json"
-    PRODUCER: ClassVar[str] = "finetune"
 
     arch: str
     classes: list[str]
@@ -249,22 +241,16 @@ class ModelMeta(Artifact):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingHistory(Artifact):
+class TrainingHistory(Artifact, file="history.json", producer="finetune"):
     """``history.json`` of a Model dir: per-epoch metrics and the epoch that was kept."""
-
-    FILE: ClassVar[str] = "history.json"
-    PRODUCER: ClassVar[str] = "finetune"
 
     history: list[dict]
     best_epoch: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class Evaluation(Artifact):
+class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     """``eval.json``: test metrics at sigma 0 on top, one row per noise sigma under ``noise``."""
-
-    FILE: ClassVar[str] = "eval.json"
-    PRODUCER: ClassVar[str] = "evaluate"
 
     arch: str | None = None
     model: str | None = None
@@ -287,11 +273,8 @@ class Evaluation(Artifact):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Comparison(Artifact):
+class Comparison(Artifact, file="comparison.json", producer="compare"):
     """``comparison.json``: one row per evaluated strategy (the ablation's table)."""
-
-    FILE: ClassVar[str] = "comparison.json"
-    PRODUCER: ClassVar[str] = "compare"
 
     rows: list[dict]
     evaluations: list[str] | None = None

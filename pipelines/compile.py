@@ -9,13 +9,13 @@ from pathlib import Path
 from entropy_ft.logs import log
 from entropy_ft.options import Options, option
 
-from . import PIPELINES
+from . import pipeline_option
 from .cluster import ClusterOptions
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config(Options):
-    pipeline: str = option("training", choices=PIPELINES, help="which pipeline to compile")
+    pipeline: str = pipeline_option("compile")
     out: str | None = option(None, help="YAML file to write (default: entropy-ft-<pipeline>.yaml)")
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 

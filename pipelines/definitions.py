@@ -151,11 +151,6 @@ def arguments_from_args(args: argparse.Namespace, pipeline: str) -> dict:
 # ---------------------------------------------------------------- the pipelines
 
 
-def build(name: str, opts: ClusterOptions | None = None):
-    """The pipeline function ``name``; ``opts`` None builds it for a local run (no cluster settings)."""
-    return {"training": build_training, "ablation": build_ablation}[name](opts)
-
-
 def _components(opts: ClusterOptions | None) -> dict:
     """The components for a cluster (``opts``) or, with ``opts`` None, for ``kfp.local``.
 
@@ -176,70 +171,57 @@ TRAINING = "entropy-ft-training"
 ABLATION = "entropy-ft-ablation"
 
 
-def _pipeline(name: str, pipeline: str, description: str):
-    """``dsl.pipeline`` over a body that takes the parameters as one namespace: the function KFP
-    sees has one parameter per :class:`Param` of ``pipeline``, typed and defaulted from the table."""
-
-    def wrap(body):
-        params = params_for(pipeline)
-
-        def func(*values):
-            return body(SimpleNamespace(**{p.name: v for p, v in zip(params, values)}))
-
-        func.__name__ = body.__name__
-        func.__signature__ = inspect.Signature([
-            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.pipeline_default,
-                              annotation=List[str] if p.many else type(p.pipeline_default))
-            for p in params
-        ])
-        return dsl.pipeline(name=name, description=description)(func)
-
-    return wrap
+def _training(c: dict, opts: ClusterOptions | None, p: SimpleNamespace) -> None:
+    ing, prof = _ingest_and_profile(c, p)
+    sel, ft, ev = _branch(c, p, ing, prof, p.strategy, TRAINING, track=True)
+    reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
+                        profile=prof.outputs["profile"], selection=sel.outputs["selection"],
+                        model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
+                        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                        pipeline_name=TRAINING)
+    _configure(opts, ing, prof, sel, ft, ev, reg)
 
 
-def build_training(opts: ClusterOptions | None = None):
+def _ablation(c: dict, opts: ClusterOptions | None, p: SimpleNamespace) -> None:
+    ing, prof = _ingest_and_profile(c, p)
+    with dsl.ParallelFor(p.strategies, name="strategies") as strategy:
+        sel, ft, ev = _branch(c, p, ing, prof, strategy, ABLATION, track=False)
+        _configure(opts, ing, prof, sel, ft, ev)
+    cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
+    cmp.set_caching_options(False)
+    if opts is not None:
+        cluster.talks_to_storage(cmp, opts)
+
+
+# pipeline -> (KFP name, description, body)
+_PIPELINES = {
+    "training": (TRAINING, "Entropy-based layer selection and fine-tuning for brain-tumour MRI, with "
+                           "noise-robustness evaluation and MLflow registration.", _training),
+    "ablation": (ABLATION, "Entropy selection against full, head-only and random (same budget) fine-tuning on "
+                           "the same data: the paper's comparison.", _ablation),
+}
+
+
+def build(pipeline: str, opts: ClusterOptions | None = None):
+    """The pipeline function ``pipeline``; ``opts`` None builds it for a local run (no cluster settings).
+
+    KFP reads the pipeline's parameters from the function's signature: here one parameter per
+    :class:`Param` of the pipeline, typed and defaulted from the table, handed to the body as
+    one namespace."""
+    name, description, body = _PIPELINES[pipeline]
+    params = params_for(pipeline)
     c = _components(opts)
 
-    @_pipeline(TRAINING, "training", "Entropy-based layer selection and fine-tuning for brain-tumour MRI, "
-                                     "with noise-robustness evaluation and MLflow registration.")
-    def training(p):
-        ing, prof = _ingest_and_profile(c, p)
-        sel = c["select"](profile=prof.outputs["profile"], strategy=p.strategy, rule=p.rule, seed=p.seed)
-        ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs,
-                           lr=p.lr, batch_size=p.batch_size, seed=p.seed, track=True,
-                           kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                           pipeline_name=TRAINING)
-        ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
-        reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
-                            profile=prof.outputs["profile"], selection=sel.outputs["selection"],
-                            model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
-                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                            pipeline_name=TRAINING)
-        _configure(opts, ing, prof, sel, ft, ev, reg)
+    def func(*values):
+        return body(c, opts, SimpleNamespace(**{p.name: v for p, v in zip(params, values)}))
 
-    return training
-
-
-def build_ablation(opts: ClusterOptions | None = None):
-    c = _components(opts)
-
-    @_pipeline(ABLATION, "ablation", "Entropy selection against full, head-only and random (same budget) "
-                                     "fine-tuning on the same data: the paper's comparison.")
-    def ablation(p):
-        ing, prof = _ingest_and_profile(c, p)
-        with dsl.ParallelFor(p.strategies, name="strategies") as strategy:
-            sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, seed=p.seed)
-            ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs,
-                               lr=p.lr, batch_size=p.batch_size, seed=p.seed, track=False, kfp_run_id="",
-                               kfp_run_name="", pipeline_name=ABLATION)
-            ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
-            _configure(opts, ing, prof, sel, ft, ev)
-        cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
-        cmp.set_caching_options(False)
-        if opts is not None:
-            cluster.talks_to_storage(cmp, opts)
-
-    return ablation
+    func.__name__ = pipeline
+    func.__signature__ = inspect.Signature([
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.pipeline_default,
+                          annotation=List[str] if p.many else type(p.pipeline_default))
+        for p in params
+    ])
+    return dsl.pipeline(name=name, description=description)(func)
 
 
 def _ingest_and_profile(c: dict, p: SimpleNamespace):
@@ -248,6 +230,18 @@ def _ingest_and_profile(c: dict, p: SimpleNamespace):
     prof = c["profile"](dataset=ing.outputs["dataset"], arch=p.arch, weights=p.weights, images=p.profile_images,
                         bins=p.bins, estimator=p.estimator, tap=p.tap, seed=p.seed)
     return ing, prof
+
+
+def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str, track: bool):
+    """select -> finetune -> evaluate for one strategy; with ``track`` finetune opens the MLflow run
+    (tagged with this KFP run) that register logs into."""
+    run_id, run_name = (dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER) if track else ("", "")
+    sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, seed=p.seed)
+    ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs, lr=p.lr,
+                       batch_size=p.batch_size, seed=p.seed, track=track, kfp_run_id=run_id, kfp_run_name=run_name,
+                       pipeline_name=pipeline_name)
+    ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
+    return sel, ft, ev
 
 
 def _configure(opts: ClusterOptions | None, ing, prof, sel, ft, ev, reg=None) -> None:

@@ -23,7 +23,7 @@ from entropy_ft.errors import UserError
 from entropy_ft.logs import log
 from entropy_ft.options import Options, option
 
-from . import PIPELINES
+from . import pipeline_option
 from .cluster import ClusterOptions
 
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected service-account token
@@ -38,7 +38,7 @@ class RemoteConfig(Options):
     """What ``submit`` and ``schedule`` share: the endpoint, the experiment, the pipeline's
     parameters and the cluster settings it is compiled with."""
 
-    pipeline: str = option("training", choices=PIPELINES, help="which pipeline to upload")
+    pipeline: str = pipeline_option("upload")
     host: str | None = option(None, help="KFP endpoint URL (default: $KF_PIPELINES_ENDPOINT)")
     token: str | None = option(None, help="bearer token (default: $KF_PIPELINES_TOKEN or the in-cluster token)")
     experiment: str = option("entropy-ft", check=_experiment_problem,

@@ -28,7 +28,7 @@ from entropy_ft.kfp_outputs import ERROR_DIR_ENV
 from entropy_ft.logs import log
 from entropy_ft.options import Options, csv, option
 
-from . import PIPELINES
+from . import pipeline_option
 
 # task directory -> output artifact, per pipeline: what `entropy-ft run` points the user at
 OUTPUTS = {
@@ -54,7 +54,7 @@ def _local_root_problem(root: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class Config(Options):
-    pipeline: str = option("training", choices=PIPELINES, help="which pipeline to run")
+    pipeline: str = pipeline_option("run")
     root: str = option("out", check=_local_root_problem, help="folder for artifacts, cache and the local MLflow store")
     arguments: dict = field(default_factory=dict)  # the pipeline parameters, from the flags
 
