@@ -75,6 +75,13 @@ class Artifact:
         return str(uri) if str(uri).endswith(".json") else storage.join(str(uri), cls.FILE)
 
     @classmethod
+    def folder_of(cls, uri: str) -> str:
+        """The artifact folder given the folder or the record's file (for artifacts that are more
+        than their record: a Dataset's shards, a Model's weights)."""
+        text = str(uri).rstrip("/")
+        return text[: -len(cls.FILE) - 1] if text.endswith("/" + cls.FILE) else text
+
+    @classmethod
     def read(cls: type[A], uri: str) -> A:
         """Read and validate the record from an artifact folder or its file."""
         path = cls.file_in(uri)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entropy_ft import storage
-from entropy_ft.artifacts import Evaluation, ModelMeta
+from entropy_ft.artifacts import DatasetManifest, Evaluation, ModelMeta
 from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
 from entropy_ft.data.loader import LoaderConfig, make_loader
 from entropy_ft.device import resolve_device
@@ -41,7 +41,8 @@ class Config(Options):
 def run(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     sigmas = tuple(sorted(set(float(s) for s in cfg.noise) | {0.0}))  # sigma 0 is always reported
-    with storage.local_copy(cfg.dataset) as root, storage.local_copy(cfg.model) as model_path:
+    with storage.local_copy(DatasetManifest.folder_of(cfg.dataset)) as root, \
+            storage.local_copy(ModelMeta.folder_of(cfg.model)) as model_path:
         manifest = load_manifest(root)
         model, meta = load_model_dir(model_path, device)
         classes = list(meta.classes)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from entropy_ft import storage
-from entropy_ft.artifacts import ModelMeta, Selection, TrainingHistory
+from entropy_ft.artifacts import DatasetManifest, ModelMeta, Selection, TrainingHistory
 from entropy_ft.data.format import load_manifest, manifest_sha256
 from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from entropy_ft.errors import UserError
@@ -47,7 +47,7 @@ class Config(TrainConfig):
 def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
     selection = Selection.read(cfg.selection)
     arch = selection.arch
-    with storage.local_copy(cfg.dataset) as root:
+    with storage.local_copy(DatasetManifest.folder_of(cfg.dataset)) as root:
         manifest = load_manifest(root)
         classes = list(manifest.classes)
         if selection.classes and list(selection.classes) != classes:

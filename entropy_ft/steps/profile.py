@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from entropy_ft import plots, storage
-from entropy_ft.artifacts import Profile
+from entropy_ft.artifacts import DatasetManifest, Profile
 from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
 from entropy_ft.data.loader import ParquetImages
 from entropy_ft.data.sample import ModelInputs, load_images, stratified_indices
@@ -49,7 +49,7 @@ class Config(Options):
 def run(cfg: Config) -> dict:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    with storage.local_copy(cfg.dataset) as root:
+    with storage.local_copy(DatasetManifest.folder_of(cfg.dataset)) as root:
         manifest = load_manifest(root)
         ds = ParquetImages(root, cfg.split, image_size=cfg.image_size)
         if len(ds) == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entropy_ft import storage
-from entropy_ft.artifacts import Evaluation, Profile, Selection
+from entropy_ft.artifacts import Evaluation, ModelMeta, Profile, Selection
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
 from entropy_ft.options import Options, option
@@ -56,7 +56,7 @@ def run(cfg: Config) -> dict:
     evaluation = Evaluation.read(cfg.eval).to_json()
     profile = Profile.read(cfg.profile).to_json() if cfg.profile else None
     given_selection = Selection.read(cfg.selection).to_json() if cfg.selection else None
-    with storage.local_copy(cfg.model) as model_dir:
+    with storage.local_copy(ModelMeta.folder_of(cfg.model)) as model_dir:
         from entropy_ft.model.model_dir import load_model_meta
 
         meta = load_model_meta(model_dir).to_json()
