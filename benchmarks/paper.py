@@ -39,11 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
+from entropy_ft.selection.rules import STRATEGIES
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
                                       ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
-STRATEGIES = ("entropy", "full", "head", "random")
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4)
 TRAINING_SPLITS = ("train", "val")  # both come from the archive's Training/ folder and shape the model
 CPU_DEFAULTS = {"image_size": 128, "epochs": 3}
