@@ -30,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "run the training (or ablation) pipeline locally through kfp.local: the main job"),
     "compile": ("entropy_ft.pipelines.compile", "write the compiled pipeline YAML with cluster settings"),
     "submit": ("entropy_ft.pipelines.submit", "upload the pipeline to a KFP endpoint and start a run"),
-    "schedule": ("entropy_ft.pipelines.schedule", "create a recurring (cron) run on a KFP endpoint"),
+    "schedule": ("entropy_ft.pipelines.schedule", "create or replace a named recurring (cron) run on a KFP endpoint"),
+    "schedules": ("entropy_ft.pipelines.schedules", "list the recurring runs of an experiment on a KFP endpoint"),
+    "unschedule": ("entropy_ft.pipelines.unschedule", "delete a named recurring run on a KFP endpoint"),
 }
 
 

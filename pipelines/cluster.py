@@ -58,6 +58,7 @@ class ClusterOptions(Options):
     settings_configmap: str = option("entropy-ft-settings",
                                      help="ConfigMap with MLFLOW_TRACKING_URI and AWS_ENDPOINT_URL "
                                           "(manifests/base/settings.yaml)")
+    no_cache: bool = option(False, help="run every step afresh: no task reuses an earlier run's result")
     retries: int = option(3, cli=False, help="retries of a task that talks to storage or MLflow")
 
     @classmethod

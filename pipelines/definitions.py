@@ -171,7 +171,7 @@ TRAINING = "entropy-ft-training"
 ABLATION = "entropy-ft-ablation"
 
 
-def _training(c: dict, opts: ClusterOptions | None, p: SimpleNamespace) -> None:
+def _training(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamespace) -> None:
     ing, prof = _ingest_and_profile(c, p)
     sel, ft, ev = _branch(c, p, ing, prof, p.strategy, TRAINING, track=True)
     reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
@@ -179,14 +179,14 @@ def _training(c: dict, opts: ClusterOptions | None, p: SimpleNamespace) -> None:
                         model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
                         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         pipeline_name=TRAINING)
-    _configure(opts, ing, prof, sel, ft, ev, reg)
+    _configure(opts, cache, ing, prof, sel, ft, ev, reg)
 
 
-def _ablation(c: dict, opts: ClusterOptions | None, p: SimpleNamespace) -> None:
+def _ablation(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamespace) -> None:
     ing, prof = _ingest_and_profile(c, p)
     with dsl.ParallelFor(p.strategies, name="strategies") as strategy:
         sel, ft, ev = _branch(c, p, ing, prof, strategy, ABLATION, track=False)
-        _configure(opts, ing, prof, sel, ft, ev)
+        _configure(opts, cache, ing, prof, sel, ft, ev)
     cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
     cmp.set_caching_options(False)
     if opts is not None:
@@ -202,8 +202,10 @@ _PIPELINES = {
 }
 
 
-def build(pipeline: str, opts: ClusterOptions | None = None):
+def build(pipeline: str, opts: ClusterOptions | None = None, cache: bool = True):
     """The pipeline function ``pipeline``; ``opts`` None builds it for a local run (no cluster settings).
+
+    ``cache`` False (``--no-cache``, or ``opts.no_cache``) compiles every task with caching off.
 
     KFP reads the pipeline's parameters from the function's signature: here one parameter per
     :class:`Param` of the pipeline, typed and defaulted from the table, handed to the body as
@@ -211,9 +213,10 @@ def build(pipeline: str, opts: ClusterOptions | None = None):
     name, description, body = _PIPELINES[pipeline]
     params = params_for(pipeline)
     c = _components(opts)
+    cache = cache and not (opts is not None and opts.no_cache)
 
     def func(*values):
-        return body(c, opts, SimpleNamespace(**{p.name: v for p, v in zip(params, values)}))
+        return body(c, opts, cache, SimpleNamespace(**{p.name: v for p, v in zip(params, values)}))
 
     func.__name__ = pipeline
     func.__signature__ = inspect.Signature([
@@ -244,10 +247,10 @@ def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str
     return sel, ft, ev
 
 
-def _configure(opts: ClusterOptions | None, ing, prof, sel, ft, ev, reg=None) -> None:
+def _configure(opts: ClusterOptions | None, cache: bool, ing, prof, sel, ft, ev, reg=None) -> None:
     """Caching, retries, secrets and resources; locally only caching applies (kfp.local ignores the rest)."""
     for task in (ing, prof):
-        task.set_caching_options(True)  # keyed by inputs: same data and settings -> reuse
+        task.set_caching_options(cache)  # keyed by inputs: same data and settings -> reuse
     for task in (sel, ft, ev, *([reg] if reg is not None else [])):
         task.set_caching_options(False)
     if opts is None:

@@ -9,6 +9,7 @@ id), never an inline spec, so the KFP UI shows which version every run used; kfp
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -34,15 +35,24 @@ def _experiment_problem(name: str) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RemoteConfig(Options):
+class EndpointConfig(Options):
+    """Where the KFP API is, and the experiment a command works in."""
+
+    host: str | None = option(None, help="KFP endpoint URL (default: $KF_PIPELINES_ENDPOINT)")
+    token: str | None = option(None, help="bearer token (default: $KF_PIPELINES_TOKEN or the in-cluster token)")
+    experiment: str = option("entropy-ft", check=_experiment_problem,
+                             help="KFP experiment to work in (created if missing)")
+
+    def connect(self):
+        return client(Endpoint.resolve(self.host, self.token))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteConfig(EndpointConfig):
     """What ``submit`` and ``schedule`` share: the endpoint, the experiment, the pipeline's
     parameters and the cluster settings it is compiled with."""
 
     pipeline: str = pipeline_option("upload")
-    host: str | None = option(None, help="KFP endpoint URL (default: $KF_PIPELINES_ENDPOINT)")
-    token: str | None = option(None, help="bearer token (default: $KF_PIPELINES_TOKEN or the in-cluster token)")
-    experiment: str = option("entropy-ft", check=_experiment_problem,
-                             help="KFP experiment to run in (created if missing)")
     pipeline_name: str = option("", help="name of the uploaded pipeline (default: entropy-ft-<pipeline>)")
     arguments: dict = field(default_factory=dict)  # the pipeline parameters, from the flags
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
@@ -69,8 +79,7 @@ def upload(cfg: RemoteConfig) -> tuple[object, str, str, str]:
     Returns (client, name, pipeline id, version id)."""
     from .compile import compile_to
 
-    endpoint = Endpoint.resolve(cfg.host, cfg.token)
-    kfp_client = client(endpoint)
+    kfp_client = cfg.connect()
     name = cfg.pipeline_name or f"entropy-ft-{cfg.pipeline}"
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_to(cfg.pipeline, cfg.cluster, Path(tmp, f"{name}.yaml"))
@@ -160,13 +169,49 @@ def submit_run(kfp_client, experiment: str, run_name: str, pipeline_id: str, ver
 
 
 def schedule_run(kfp_client, experiment: str, job_name: str, cron: str, pipeline_id: str, version_id: str,
-                 arguments: dict) -> str:
-    """A recurring run that never overlaps itself and does not backfill missed intervals."""
+                 arguments: dict) -> tuple[str, list[str]]:
+    """A recurring run that never overlaps itself and does not backfill missed intervals.
+
+    Declarative: recurring runs of the same name in the experiment are replaced (deleted once
+    the new one exists, so a failure leaves the old schedule running). Returns the new id and
+    the ids it replaced."""
     with contextlib.redirect_stdout(sys.stderr):
         exp = kfp_client.create_experiment(experiment)
+        old = [job["id"] for job in recurring_runs(kfp_client, exp.experiment_id, job_name)]
         job = kfp_client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron,
             max_concurrency=1, no_catchup=True, params=arguments,
             pipeline_id=pipeline_id, version_id=version_id,
         )
-    return job.recurring_run_id
+        for job_id in old:
+            kfp_client.delete_recurring_run(job_id)
+    return job.recurring_run_id, old
+
+
+def experiment_id(kfp_client, experiment: str) -> str | None:
+    """The id of an existing experiment, or None (listing must not create one)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            return kfp_client.get_experiment(experiment_name=experiment).experiment_id
+        except ValueError:  # kfp: "No experiment is found with name ..."
+            return None
+
+
+def recurring_runs(kfp_client, experiment: str, name: str | None = None) -> list[dict]:
+    """The recurring runs of an experiment (id), optionally only those named ``name``, every page."""
+    predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
+    query = json.dumps({"predicates": [predicate]}) if name else None
+    jobs, token = [], ""
+    with contextlib.redirect_stdout(sys.stderr):
+        while True:
+            page = kfp_client.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment,
+                                                  filter=query)
+            for job in page.recurring_runs or []:
+                cron = job.trigger.cron_schedule.cron if job.trigger and job.trigger.cron_schedule else None
+                version = job.pipeline_version_reference
+                jobs.append({"id": job.recurring_run_id, "name": job.display_name, "cron": cron,
+                             "status": job.status, "mode": job.mode,
+                             "pipeline_version_id": version.pipeline_version_id if version else None})
+            token = page.next_page_token
+            if not token:
+                return [j for j in jobs if name is None or j["name"] == name]

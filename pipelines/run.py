@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ def _local_root_problem(root: str) -> str | None:
 class Config(Options):
     pipeline: str = pipeline_option("run")
     root: str = option("out", check=_local_root_problem, help="folder for artifacts, cache and the local MLflow store")
+    no_cache: bool = option(False, help="run every step afresh: ingest and profile do not reuse cached results")
     arguments: dict = field(default_factory=dict)  # the pipeline parameters, from the flags
 
     @classmethod
@@ -98,7 +100,7 @@ def run(cfg: Config) -> dict:
 
     arguments = local_inputs(cfg.arguments)
     log.info("running the %s pipeline locally with %s", cfg.pipeline, json.dumps(arguments))
-    result = run_local(cfg.pipeline, arguments, Path(cfg.root))
+    result = run_local(cfg.pipeline, arguments, Path(cfg.root), cache=not cfg.no_cache)
     uri = runs.tracking_uri()
     for name, path in result["outputs"].items():
         log.info("%-12s %s", name, path)
@@ -112,7 +114,7 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def run_local(pipeline: str, arguments: dict, root: Path) -> dict:
+def run_local(pipeline: str, arguments: dict, root: Path, cache: bool = True) -> dict:
     """Run ``pipeline`` with ``arguments`` through kfp.local; returns where its outputs are."""
     from kfp import local
     from kfp.local import logging_utils
@@ -121,13 +123,17 @@ def run_local(pipeline: str, arguments: dict, root: Path) -> dict:
 
     if not sys.stderr.isatty():  # kfp.local colours its log lines whatever the stream is
         logging_utils.color_text = lambda text, _color: text
+    # every task runs in this environment on purpose (use_venv=False): kfp.local's warning that a
+    # task's image is not this Python says nothing here, once per task
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                            category=RuntimeWarning)
     root = root.resolve()
     pipeline_root = root / "pipeline-root"
     pipeline_root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ENTROPY_FT_HOME", str(root))  # embedded MLflow store beside the artifacts
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               enable_caching=True, cache_root=str(root / "cache"), raise_on_error=True)
-    func = build(pipeline)
+               enable_caching=cache, cache_root=str(root / "cache"), raise_on_error=True)
+    func = build(pipeline, cache=cache)
     before = set(pipeline_root.iterdir())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="entropy-ft-errors-") as errors, _task_errors_to(errors), \

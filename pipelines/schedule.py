@@ -19,7 +19,8 @@ from .remote import RemoteConfig, schedule_run, upload
 class Config(RemoteConfig):
     cron: str = option(
         help="six fields with seconds, e.g. '0 0 2 * * 1' for Mondays 02:00 (5-field Unix cron gets 0 s)")
-    job_name: str = option("", help="name of the recurring run (default: entropy-ft-<pipeline>-schedule)")
+    name: str = option("", help="name of the recurring run; one of that name in the experiment is replaced "
+                                "(default: entropy-ft-<pipeline>-schedule)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -28,8 +29,11 @@ class Config(RemoteConfig):
 
 def run(cfg: Config) -> dict:
     client, name, pipeline_id, version_id = upload(cfg)
-    job_name = cfg.job_name or f"{name}-schedule"
-    job_id = schedule_run(client, cfg.experiment, job_name, cfg.cron, pipeline_id, version_id, cfg.arguments)
-    log.info("recurring run %s (%s): cron '%s', one at a time, no catch-up", job_name, job_id, cfg.cron)
+    job_name = cfg.name or f"{name}-schedule"
+    job_id, replaced = schedule_run(client, cfg.experiment, job_name, cfg.cron, pipeline_id, version_id,
+                                    cfg.arguments)
+    log.info("recurring run %s (%s): cron '%s', one at a time, no catch-up%s", job_name, job_id, cfg.cron,
+             f"; replaced {', '.join(replaced)}" if replaced else "")
     return {"recurring_run_id": job_id, "job_name": job_name, "cron": cfg.cron, "pipeline_id": pipeline_id,
-            "version_id": version_id, "experiment": cfg.experiment, "max_concurrency": 1, "no_catchup": True}
+            "version_id": version_id, "experiment": cfg.experiment, "max_concurrency": 1, "no_catchup": True,
+            "replaced": replaced}

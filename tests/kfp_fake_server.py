@@ -32,6 +32,8 @@ class FakeKfp:
     pipelines: dict[str, str] = field(default_factory=dict)  # name -> id
     versions: dict[str, list[str]] = field(default_factory=dict)  # pipeline id -> version ids
     experiments: dict[str, str] = field(default_factory=dict)  # name -> id
+    recurring: dict[str, dict] = field(default_factory=dict)  # id -> the recurring run as created
+    created_recurring: int = 0
     url: str = ""
 
     def find(self, method: str, path_part: str) -> list[Recorded]:
@@ -78,7 +80,22 @@ def _handler(state: FakeKfp):
                 found = ([{"experiment_id": state.experiments[name], "display_name": name}]
                          if name in state.experiments else [])
                 return self._reply({"experiments": found} if found else {})
+            if rec.path == "/apis/v2beta1/recurringruns":
+                experiment = rec.query.get("experiment_id", [None])[0]
+                name = _filter_value(rec.query)
+                found = [job for job in state.recurring.values()
+                         if job["experiment_id"] == experiment and name in (None, job["display_name"])]
+                return self._reply({"recurringRuns": found, "total_size": len(found)} if found else {})
             self._reply({"error": f"unexpected GET {rec.path}"}, 404)
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            rec = self._record()
+            if rec.path.startswith("/apis/v2beta1/recurringruns/"):
+                job_id = rec.path.rsplit("/", 1)[1]
+                if state.recurring.pop(job_id, None) is None:
+                    return self._reply({"error": f"no recurring run {job_id}"}, 404)
+                return self._reply({})
+            self._reply({"error": f"unexpected DELETE {rec.path}"}, 404)
 
         def do_POST(self) -> None:  # noqa: N802
             rec = self._record()
@@ -102,7 +119,10 @@ def _handler(state: FakeKfp):
             if rec.path == "/apis/v2beta1/runs":
                 return self._reply({"run_id": "run-1", **rec.json()})
             if rec.path == "/apis/v2beta1/recurringruns":
-                return self._reply({"recurring_run_id": "recurring-1", **rec.json()})
+                state.created_recurring += 1
+                job = {**rec.json(), "recurring_run_id": f"recurring-{state.created_recurring}"}
+                state.recurring[job["recurring_run_id"]] = job
+                return self._reply(job)
             self._reply({"error": f"unexpected POST {rec.path}"}, 404)
 
     return Handler

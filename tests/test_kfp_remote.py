@@ -103,3 +103,45 @@ def test_missing_host_exits_2(capsys, monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     assert main(["submit"]) == 2
     assert "KF_PIPELINES_ENDPOINT" in capsys.readouterr().err
+
+
+def test_a_named_schedule_is_replaced_listed_and_removed(kfp_api, capsys):
+    """``schedule --name`` is declarative: scheduling the same name again replaces it, never duplicates it."""
+    args = ["--host", kfp_api.url, "--experiment", "weekly"]
+    assert main(["schedule", *args, "--name", "mri-weekly", "--cron", "0 0 2 * * 1"]) == 0
+    first = _summary(capsys)
+    assert main(["schedule", *args, "--name", "mri-weekly", "--cron", "0 0 3 * * 1", "--epochs", "7"]) == 0
+    second = _summary(capsys)
+    assert second["replaced"] == [first["recurring_run_id"]] and first["replaced"] == []
+    assert list(kfp_api.recurring) == [second["recurring_run_id"]]
+    assert kfp_api.find("DELETE", f"/recurringruns/{first['recurring_run_id']}")
+
+    assert main(["schedule", *args, "--name", "mri-nightly", "--cron", "0 0 1 * * *"]) == 0
+    capsys.readouterr()
+    assert main(["schedules", *args]) == 0
+    listed = {job["name"]: job for job in _summary(capsys)["recurring_runs"]}
+    assert set(listed) == {"mri-weekly", "mri-nightly"} and listed["mri-weekly"]["cron"] == "0 0 3 * * 1"
+
+    assert main(["unschedule", *args, "--name", "mri-weekly"]) == 0
+    assert _summary(capsys)["deleted"] == [second["recurring_run_id"]]
+    assert [job["display_name"] for job in kfp_api.recurring.values()] == ["mri-nightly"]
+    assert main(["unschedule", *args, "--name", "mri-weekly"]) == 2
+    assert "--name mri-weekly: no recurring run of that name in experiment weekly" in capsys.readouterr().err
+
+
+def test_schedules_of_a_missing_experiment_are_none_and_create_nothing(kfp_api, capsys):
+    assert main(["schedules", "--host", kfp_api.url, "--experiment", "nothing-here"]) == 0
+    assert _summary(capsys)["recurring_runs"] == []
+    assert not kfp_api.find("POST", "/experiments")
+
+
+def test_no_cache_reaches_the_compiled_pipeline(kfp_api, capsys, tmp_path):
+    """The version a run or schedule uses is compiled with caching off: KFP ignores a run-time
+    caching flag for an uploaded version, so the switch must be in the YAML."""
+    assert main(["submit", "--host", kfp_api.url]) == 0
+    assert main(["submit", "--host", kfp_api.url, "--no-cache"]) == 0
+    cached, fresh = (r.body for r in kfp_api.requests if r.path.endswith(("/upload", "/upload_version")))
+    assert b"enableCache: true" in cached and b"enableCache: true" not in fresh
+    assert main(["compile", "--no-cache", "--out", str(tmp_path / "p.yaml")]) == 0
+    tasks = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))["root"]["dag"]["tasks"]
+    assert not any(task["cachingOptions"].get("enableCache", False) for task in tasks.values())
