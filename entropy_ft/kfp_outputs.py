@@ -10,6 +10,7 @@ Imported inside component bodies, so it must not import kfp at module level.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import sys
@@ -49,9 +50,16 @@ def publish_html(out_dir: str, name: str, html_path: str) -> None:
 
 
 def log_numbers(metrics, values: dict) -> None:
-    """Log every finite number in ``values`` (nested dicts flattened with '_') as KFP metrics."""
-    for name, value in flatten_numbers(values).items():
+    """Log every finite number in ``values`` (nested dicts flattened with '_') as KFP metrics.
+
+    The numbers are also written to the artifact's file: a Metrics artifact otherwise has no
+    file, and kfp.local treats a cached result whose artifact file is missing as a miss, so a
+    task with metrics (ingest, profile) would never be served from its cache."""
+    numbers = flatten_numbers(values)
+    for name, value in numbers.items():
         metrics.log_metric(name, value)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(numbers, indent=2, sort_keys=True) + "\n")
 
 
 def before_exit() -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -137,7 +139,7 @@ def run_local(pipeline: str, arguments: dict, root: Path, cache: bool = True) ->
     before = set(pipeline_root.iterdir())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="entropy-ft-errors-") as errors, _task_errors_to(errors), \
-            stdout_to_stderr():
+            stdout_to_stderr(), _cache_hits() as cached:
         try:
             func(**arguments)
         except RuntimeError as exc:  # kfp.local: "Pipeline '...' finished with status FAILURE"
@@ -151,7 +153,41 @@ def run_local(pipeline: str, arguments: dict, root: Path, cache: bool = True) ->
         raise UserError(f"kfp.local wrote no run directory under {pipeline_root}")
     run_dir = runs[-1]
     outputs = {name: str(run_dir / rel) for name, rel in OUTPUTS[pipeline].items() if (run_dir / rel).exists()}
-    return {"pipeline": pipeline, "run_dir": str(run_dir), "outputs": outputs, "seconds": round(seconds, 1)}
+    if cached:
+        log.info("reused cached results of %s (same inputs as an earlier run; --no-cache runs them afresh)",
+                 ", ".join(cached))
+    return {"pipeline": pipeline, "run_dir": str(run_dir), "outputs": outputs, "cached": cached,
+            "seconds": round(seconds, 1)}
+
+
+class _CacheHits(logging.Handler):
+    """kfp.local reports a cache hit on the root logger at INFO, which nobody sees: collect the
+    task names, and let warnings through as Python's last-resort handler would."""
+
+    HIT = re.compile(r"^Task (\S+) cache hit")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.tasks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hit := self.HIT.match(record.getMessage()):
+            self.tasks.append(hit.group(1))
+        elif record.levelno >= logging.WARNING:
+            sys.stderr.write(self.format(record) + "\n")
+
+
+@contextlib.contextmanager
+def _cache_hits() -> Iterator[list[str]]:
+    root = logging.getLogger()
+    handler, level = _CacheHits(), root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    try:
+        yield handler.tasks
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @contextlib.contextmanager

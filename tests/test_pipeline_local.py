@@ -75,6 +75,16 @@ def test_training_run_registers_in_the_local_mlflow_store(training_run):
     assert client.get_model_version_by_alias("pipeline-test", "champion").version == versions[0].version
 
 
+def test_a_second_run_reuses_ingest_and_profile_unless_told_not_to(training_run, tmp_path):
+    root = str(Path(training_run["run_dir"]).parents[1])
+    assert training_run["cached"] == []
+    again = run_cli(["run", "--root", root, *TINY, "--epochs", "1", "--model-name", "pipeline-test-2"], tmp_path)
+    assert again["cached"] == ["ingest", "profile"]
+    fresh = run_cli(["run", "--root", root, *TINY, "--epochs", "1", "--model-name", "pipeline-test-2", "--no-cache"],
+                    tmp_path)
+    assert fresh["cached"] == [] and "dataset" in fresh["outputs"]
+
+
 def test_ablation_pipeline_compares_the_strategies_it_ran(tmp_path):
     summary = run_cli(["run", "--pipeline", "ablation", "--root", str(tmp_path / "out"), *TINY, "--epochs", "1",
                        "--strategies", "entropy,head"], tmp_path)
