@@ -33,7 +33,7 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
     if track:
         from entropy_ft.tracking import runs
 
-        run_id = runs.ensure_run(None, f"{pipeline_name}-{kfp_run_name}"[:250],
+        run_id = runs.ensure_run(None, runs.run_name(pipeline_name, kfp_run_name),
                                  runs.pipeline_tags(kfp_run_id, kfp_run_name, pipeline_name))
         with runs.active_run(run_id):  # RUNNING with system metrics while training; FAILED if it raises
             summary = kfp_outputs.run_step(step, "finetune", hooks={"on_epoch_end": runs.epoch_logger(run_id)},

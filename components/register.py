@@ -1,9 +1,10 @@
 """KFP component: log to MLflow and register the model behind the champion gate (:mod:`entropy_ft.steps.register`)."""
 
-from kfp.dsl import Artifact, Input, Markdown, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 
-def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Artifact], selection: Input[Artifact],
+def register(model: Input[Model], evaluation: Input[Artifact], dataset: Input[Dataset], profile: Input[Artifact],
+             selection: Input[Artifact],
              model_name: str, promote: str, mlflow_run_id: str, kfp_run_id: str, kfp_run_name: str,
              pipeline_name: str, report: Output[Markdown]) -> str:
     """Register a new model version; ``champion`` moves only as ``promote`` allows. Returns the version.
@@ -11,6 +12,7 @@ def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Ar
     Args:
         model: the Model artifact from finetune.
         evaluation: the eval artifact of that model.
+        dataset: the Dataset it was trained and tested on (the run's dataset inputs, the model card).
         profile: the profile artifact (logged with the run).
         selection: the selection artifact (logged with the run).
         model_name: registered model name.
@@ -28,7 +30,8 @@ def register(model: Input[Model], evaluation: Input[Artifact], profile: Input[Ar
     from entropy_ft.steps import register as step
 
     summary = kfp_outputs.run_step(
-        step, "register", model=model.path, eval=evaluation.path, model_name=model_name, promote=promote,
+        step, "register", model=model.path, eval=evaluation.path, dataset=dataset.path, model_name=model_name,
+        promote=promote,
         run_id=mlflow_run_id or None, kfp_run_id=kfp_run_id, kfp_run_name=kfp_run_name, pipeline_name=pipeline_name,
         profile=profile.path, selection=selection.path,
     )

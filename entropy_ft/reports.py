@@ -53,3 +53,81 @@ def flatten_numbers(values: Mapping, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[name] = float(value)
     return out
+
+
+INTENDED_USE = (
+    "Research and decision support: sorting single T1 contrast-enhanced brain MRI slices into the "
+    "classes below, for a radiologist or researcher who reviews every result. Not a medical device, "
+    "not validated for diagnosis, and not for images unlike the training data (other sequences, "
+    "modalities, anatomy or scanners)."
+)
+
+
+def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping, gate: Mapping,
+               manifest: Mapping | None = None, dataset: str | None = None, dataset_digest: str | None = None) -> str:
+    """The registered version's description in the MLflow UI: what a reviewer needs before trusting it.
+
+    ``meta`` is model.json, ``evaluation`` eval.json, ``gate`` the register step's decision
+    (gate_metric, value, champion_before, champion_value_before, promoted, reason), ``manifest``
+    the Dataset's manifest.json (at ``dataset``, its sha256 ``dataset_digest``) when the register
+    step could read it.
+    """
+    selection = meta.get("selection") or {}
+    config = (meta.get("training") or {}).get("config") or {}
+    lines = [f"# {model_name} v{version}", "", "## Intended use", "", INTENDED_USE, ""]
+    lines += ["## Data", ""]
+    trained_on = meta.get("data_manifest_sha256")
+    lines.append(f"- Dataset {dataset or evaluation.get('dataset') or 'n/a'}, manifest sha256 "
+                 f"`{dataset_digest or trained_on}`")
+    if dataset_digest and trained_on and dataset_digest != trained_on:
+        lines.append(f"- **The model was trained on other data** (manifest sha256 `{trained_on}`): the figures "
+                     "below may not describe this dataset.")
+    if manifest:
+        totals = manifest.get("totals") or {}
+        lines.append("- Images: " + ", ".join(f"{split} {n:,}" for split, n in totals.items()))
+        dup = (manifest.get("duplicates") or {}).get("summary") or {}
+        if dup:
+            lines.append(f"- Duplicates (policy {(manifest.get('duplicates') or {}).get('policy', 'report')}): "
+                         f"{dup.get('exact_groups', 0)} exact and {dup.get('near_groups', 0)} near groups, "
+                         f"{dup.get('cross_split_exact_groups', 0) + dup.get('cross_split_near_groups', 0)} "
+                         f"crossing splits, {dup.get('removed', 0)} removed")
+        lines.append(f"- Quarantined files: {len(manifest.get('quarantine') or [])}")
+    size = (meta.get("preprocessing") or {}).get("image_size")
+    lines.append(f"- Classes: {', '.join(meta.get('classes') or [])}; input {size} px")
+    lines += ["", "## Model and layer selection", ""]
+    lines.append(f"- {meta.get('arch')} from weights {meta.get('weights')} (sha256 `{meta.get('weights_sha256')}`)")
+    reduction = selection.get("reduction_vs_full")
+    lines.append(f"- Strategy {selection.get('strategy')}"
+                 + (f", rule {selection['rule']}" if selection.get("rule") else "")
+                 + f": {len(selection.get('layers') or [])} conv layers unfrozen, "
+                 f"{meta.get('trainable_params') or 0:,} trainable parameters"
+                 + (f" ({100 * reduction:.1f}% fewer than full fine-tuning)" if reduction is not None else ""))
+    recipe = ", ".join(f"{k} {config[k]}" for k in ("epochs", "lr", "batch_size", "weight_decay", "label_smoothing",
+                                                      "seed", "precision") if k in config)
+    lines.append(f"- Recipe: {recipe or 'n/a'}")
+    lines += ["", f"## Test metrics ({evaluation.get('num_images')} {evaluation.get('split', 'test')} images)", ""]
+    rows = [[f"{row['sigma']:g}", _num(row.get("accuracy")), _num(row.get("macro_f1")),
+             _num(row.get("balanced_accuracy"))] for row in evaluation.get("noise") or []]
+    lines.append(md_table(["noise sigma", "accuracy", "macro-F1", "balanced accuracy"], rows))
+    recall = evaluation.get("per_class_recall") or {}
+    if recall:
+        lines.append("Recall per class at sigma 0: " + ", ".join(f"{c} {_num(r)}" for c, r in recall.items()))
+    lines += ["", "## Registration gate", ""]
+    lines.append(f"- Metric {gate.get('gate_metric')}: this version {_num(gate.get('value'))}; champion before: "
+                 f"{'v' + str(gate['champion_before']) if gate.get('champion_before') else 'none'}"
+                 + (f" ({_num(gate.get('champion_value_before'))})" if gate.get("champion_before") else ""))
+    lines.append(f"- Decision: {'promoted to champion' if gate.get('promoted') else 'not promoted'}: "
+                 f"{gate.get('reason')}")
+    lines += ["", "## Limitations", ""]
+    lines.append("- The test images come from the same sources as the training images; no external validation.")
+    noisy = [row for row in evaluation.get("noise") or [] if row.get("sigma")]
+    if noisy:
+        worst = min(noisy, key=lambda row: row.get("accuracy") or 0.0)
+        lines.append(f"- Under Gaussian pixel noise accuracy falls to {_num(worst.get('accuracy'))} at sigma "
+                     f"{worst['sigma']:g}: noisy or low-quality scans need a human read.")
+    lines.append("- Probabilities are the softmax of the logits, not calibrated.")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"

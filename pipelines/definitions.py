@@ -174,7 +174,7 @@ ABLATION = "entropy-ft-ablation"
 def _training(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamespace) -> None:
     ing, prof = _ingest_and_profile(c, p)
     sel, ft, ev = _branch(c, p, ing, prof, p.strategy, TRAINING, track=True)
-    reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"],
+    reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"], dataset=ing.outputs["dataset"],
                         profile=prof.outputs["profile"], selection=sel.outputs["selection"],
                         model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
                         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,

@@ -73,6 +73,12 @@ def test_training_run_registers_in_the_local_mlflow_store(training_run):
     history = client.get_metric_history(run.info.run_id, "val_macro_f1")
     assert [m.step for m in history] == [1, 2]  # logged per epoch as training went
     assert client.get_model_version_by_alias("pipeline-test", "champion").version == versions[0].version
+    # named once (the KFP run's name already starts with the pipeline's), with a model card and its data
+    assert run.info.run_name == Path(training_run["run_dir"]).name
+    assert run.info.run_name.startswith("entropy-ft-training-") and "training-entropy-ft" not in run.info.run_name
+    card = run.data.tags["mlflow.note.content"]
+    assert "## Registration gate" in card and versions[0].description == card
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation", "testing"}
 
 
 def test_a_second_run_reuses_ingest_and_profile_unless_told_not_to(training_run, tmp_path):

@@ -155,6 +155,47 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
     assert not leaked, leaked
 
 
+def test_the_version_carries_a_model_card_and_the_run_its_dataset_inputs(server_env, model_dir, tmp_path, capfd,
+                                                                          synthetic_dataset):
+    """What a reviewer sees in the MLflow UI: a model card as the version's and the run's description,
+    and the train, val and test splits as the run's dataset inputs, each with the manifest's digest."""
+    from entropy_ft.data.format import load_manifest, manifest_sha256
+
+    eval_uri = write_eval(tmp_path / "eval.json", 0.71)
+    code, summary, err = register(capfd, model_dir, eval_uri, "--dataset", str(synthetic_dataset), "--promote", "never")
+    assert code == 0, err
+    client = tracking.connect()
+    card = client.get_model_version(MODEL, summary["version"]).description
+    digest = manifest_sha256(synthetic_dataset)
+    for part in ("## Intended use", "## Data", digest, "**The model was trained on other data** (manifest sha256 "
+                 f"`{'d' * 64}`)", "## Test metrics", "## Registration gate", "not promoted: --promote never",
+                 "## Limitations"):
+        assert part in card, part
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["mlflow.note.content"] == card
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "testing"}
+    totals = load_manifest(synthetic_dataset).totals
+    for context, split in (("training", "train"), ("validation", "val"), ("testing", "test")):
+        assert inputs[context].digest == digest[:16] and inputs[context].name == f"synthetic-{split}"
+        assert json.loads(inputs[context].profile)["num_rows"] == totals[split]
+    assert MARKER not in card
+
+
+def test_a_dataset_that_cannot_be_read_exits_2_and_registers_nothing(server_env, model_dir, tmp_path, capfd):
+    client = tracking.connect()
+    before = len(client.search_model_versions(f"name='{MODEL}'")) if _model_exists(client) else 0
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "eval.json", 0.7), "--dataset",
+                            str(tmp_path / "missing"))
+    assert code == 2 and "missing/manifest.json: no such file" in err
+    after = len(client.search_model_versions(f"name='{MODEL}'")) if _model_exists(client) else 0
+    assert after == before
+
+
+def _model_exists(client) -> bool:
+    return bool(client.search_registered_models(f"name='{MODEL}'"))
+
+
 def test_gate_keeps_champion_against_worse_and_tie_and_moves_for_better(server_env, model_dir, tmp_path, capfd):
     client = tracking.connect()
     code, first, err = register(capfd, model_dir, write_eval(tmp_path / "e1.json", 0.80))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entropy_ft import storage
-from entropy_ft.artifacts import Evaluation, ModelMeta, Profile, Selection
+from entropy_ft.artifacts import DatasetManifest, Evaluation, ModelMeta, Profile, Selection
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
 from entropy_ft.options import Options, option
+from entropy_ft.reports import model_card
 from entropy_ft.tracking import registry
 from entropy_ft.tracking import runs as tracking
 
@@ -43,6 +44,10 @@ class Config(Options):
                                    "@SIGMA for a noise level")
     run_id: str | None = option(None, help="MLflow run of this pipeline run to log into (default: create one)")
     run_name: str | None = option(None, help="name for a newly created MLflow run")
+    dataset: str | None = option(
+        None, metavar="DATASET", help="the Dataset the model was trained and tested on: logged as the run's dataset "
+                                      "inputs and summarised in the model card (default: the one eval.json names, "
+                                      "when it can be read)")
     profile: str | None = option(None, metavar="URI", help="profile.json to log with the run (optional)")
     selection: str | None = option(
         None, metavar="URI", help="selection.json to log with the run (default: the copy in the model's model.json)")
@@ -64,17 +69,32 @@ def run(cfg: Config) -> dict:
             raise UserError(f"--eval {cfg.eval}: its classes {evaluation['classes']} are not the model's "
                             f"{meta['classes']} ({cfg.model}); evaluate this model first")
         selection = given_selection or meta.get("selection")
+        dataset = _dataset(cfg.dataset, evaluation.get("dataset"))
         with tracking.tracking_errors():
-            summary = _register(cfg, metric, evaluation, meta, model_dir, profile, selection)
+            summary = _register(cfg, metric, evaluation, meta, model_dir, profile, selection, dataset)
     log.info("registered %s version %s (%s); champion is v%s: %s", cfg.model_name, summary["version"],
              "promoted" if summary["promoted"] else "challenger", summary["champion"], summary["reason"])
     return summary
 
 
+def _dataset(given: str | None, recorded: str | None) -> DatasetManifest | None:
+    """The Dataset's manifest: ``--dataset`` must be readable; the one eval.json names is used when it is."""
+    if given:
+        return DatasetManifest.read(DatasetManifest.folder_of(given))
+    if recorded:
+        try:
+            return DatasetManifest.read(DatasetManifest.folder_of(recorded))
+        except UserError as exc:
+            log.warning("the model card and the run's dataset inputs leave out the data: %s", exc)
+    return None
+
+
 def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: dict, model_dir,
-              profile: dict | None, selection: dict | None) -> dict:
+              profile: dict | None, selection: dict | None, dataset: DatasetManifest | None) -> dict:
     client = tracking.connect()
-    run_name = cfg.run_name or f"{meta['arch']}-{(selection or {}).get('strategy', 'model')}"
+    default_name = (tracking.run_name(cfg.pipeline_name, cfg.kfp_run_name) if cfg.pipeline_name
+                    else f"{meta['arch']}-{(selection or {}).get('strategy', 'model')}")
+    run_name = cfg.run_name or default_name
     tags = tracking.pipeline_tags(cfg.kfp_run_id, cfg.kfp_run_name, cfg.pipeline_name)
     run_id = tracking.ensure_run(cfg.run_id, run_name, tags)
     with tracking.active_run(run_id):
@@ -85,6 +105,10 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
                 tracking.log_json(run_id, f"{name}.json", doc)
             _log_sibling_png(run_id, uri, name)
         metrics = tracking.log_evaluation(run_id, evaluation)
+        if dataset is not None:
+            data_uri = DatasetManifest.folder_of(dataset.origin.uri)
+            tracking.log_dataset_splits(run_id, data_uri, dataset.totals or {}, dataset.counts or {},
+                                        dataset.origin.sha256)
         _log_sibling_png(run_id, Evaluation.file_in(cfg.eval), "eval")
         value = registry.metric_value(evaluation, metric)
         champion_before, champion_value = registry.current_champion(client, cfg.model_name, metric)
@@ -96,6 +120,13 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
                  "data_manifest_sha256": str(meta.get("data_manifest_sha256"))}
         tags = registry.version_tags(metrics, metric, value, decision, champion_before, champion_value, extra)
         version = registry.create_version(client, cfg.model_name, info.model_uri, tags)
+        gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
+                "champion_value_before": champion_value, "promoted": decision.promote, "reason": decision.reason}
+        card = model_card(cfg.model_name, version, meta, evaluation, gate, *(
+            (dataset.to_json(), DatasetManifest.folder_of(dataset.origin.uri), dataset.origin.sha256)
+            if dataset is not None else ()))
+        client.update_model_version(cfg.model_name, version, description=tracking.redact(card))
+        tracking.set_description(run_id, card)
         registry.set_aliases(client, cfg.model_name, version, decision.promote)
     champion = version if decision.promote else champion_before
     return {
