@@ -79,10 +79,10 @@ def _scalar(hint: Any) -> Callable[[str], Any]:
 
 
 def show(value: Any) -> str:
-    """A value as it is written on the command line: lists comma-separated."""
+    """A value as it is written on the command line: numbers short, lists comma-separated."""
     if isinstance(value, (tuple, list)):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    return str(value)
+        return ",".join(show(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True, kw_only=True)

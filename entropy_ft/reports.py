@@ -68,7 +68,7 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
     """The registered version's description in the MLflow UI: what a reviewer needs before trusting it.
 
     ``meta`` is model.json, ``evaluation`` eval.json, ``gate`` the register step's decision
-    (gate_metric, value, champion_before, champion_value_before, promoted, reason), ``manifest``
+    (gate_metric, value, champion_before, promoted, reason with the head-to-head evidence), ``manifest``
     the Dataset's manifest.json (at ``dataset``, its sha256 ``dataset_digest``) when the register
     step could read it.
     """
@@ -113,9 +113,8 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
     if recall:
         lines.append("Recall per class at sigma 0: " + ", ".join(f"{c} {_num(r)}" for c, r in recall.items()))
     lines += ["", "## Registration gate", ""]
-    lines.append(f"- Metric {gate.get('gate_metric')}: this version {_num(gate.get('value'))}; champion before: "
-                 f"{'v' + str(gate['champion_before']) if gate.get('champion_before') else 'none'}"
-                 + (f" ({_num(gate.get('champion_value_before'))})" if gate.get("champion_before") else ""))
+    lines.append(f"- Metric {gate.get('gate_metric')}; this version on its own test images: {_num(gate.get('value'))}")
+    lines.append(f"- Champion before: {'v' + str(gate['champion_before']) if gate.get('champion_before') else 'none'}")
     lines.append(f"- Decision: {'promoted to champion' if gate.get('promoted') else 'not promoted'}: "
                  f"{gate.get('reason')}")
     lines += ["", "## Limitations", ""]

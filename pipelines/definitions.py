@@ -115,6 +115,9 @@ PARAMS: list[Param] = [
     Param("noise", evaluate_step.Config, "noise"),
     Param("model_name", register_step.Config, "model_name", pipelines=("training",)),
     Param("promote", register_step.Config, "promote", pipelines=("training",)),
+    Param("gate_metric", register_step.Config, "gate_metric", pipelines=("training",)),
+    Param("gate_alpha", register_step.Config, "gate_alpha", pipelines=("training",)),
+    Param("gate_min_delta", register_step.Config, "gate_min_delta", pipelines=("training",)),
 ]
 
 
@@ -176,7 +179,8 @@ def _training(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamesp
     sel, ft, ev = _branch(c, p, ing, prof, p.strategy, TRAINING, track=True)
     reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"], dataset=ing.outputs["dataset"],
                         profile=prof.outputs["profile"], selection=sel.outputs["selection"],
-                        model_name=p.model_name, promote=p.promote, mlflow_run_id=ft.outputs["Output"],
+                        model_name=p.model_name, promote=p.promote, gate_metric=p.gate_metric,
+                        gate_alpha=p.gate_alpha, gate_min_delta=p.gate_min_delta, mlflow_run_id=ft.outputs["Output"],
                         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         pipeline_name=TRAINING)
     _configure(opts, cache, ing, prof, sel, ft, ev, reg)

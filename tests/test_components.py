@@ -29,24 +29,27 @@ def chain(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("components")
     out = {"tmp": tmp}
     out["dataset"] = _artifact(dsl.Dataset, tmp / "dataset")
-    out["ingest_report"], out["ingest_metrics"] = _artifact(dsl.Markdown, tmp / "ingest.md"), dsl.Metrics()
+    out["ingest_report"] = _artifact(dsl.Markdown, tmp / "ingest.md")
+    out["ingest_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-1")
     C["ingest"].python_func(data="synthetic:160", layout="auto", image_size=32, duplicates="report", seed=0,
                             dataset=out["dataset"], report=out["ingest_report"], metrics=out["ingest_metrics"])
     out["profile"], out["profile_chart"] = _artifact(dsl.Artifact, tmp / "profile"), _artifact(dsl.HTML, tmp / "p.html")
-    out["profile_metrics"] = dsl.Metrics()
+    out["profile_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-2")
     C["profile"].python_func(dataset=out["dataset"], arch="resnet18", weights="none", images=32, bins=64,
                              estimator="histogram", tap="conv", seed=0, profile=out["profile"],
                              chart=out["profile_chart"], metrics=out["profile_metrics"])
-    out["selection"], out["select_metrics"] = _artifact(dsl.Artifact, tmp / "selection"), dsl.Metrics()
+    out["selection"] = _artifact(dsl.Artifact, tmp / "selection")
+    out["select_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-3")
     out["select_chart"] = _artifact(dsl.HTML, tmp / "s.html")
     out["select_return"] = C["select"].python_func(
         profile=out["profile"], strategy="head", rule="below-mean", seed=0, selection=out["selection"],
         chart=out["select_chart"], metrics=out["select_metrics"])
-    out["model"], out["finetune_metrics"] = _artifact(dsl.Model, tmp / "model"), dsl.Metrics()
+    out["model"], out["finetune_metrics"] = _artifact(dsl.Model, tmp / "model"), _artifact(dsl.Metrics, tmp / "m-4")
     out["finetune_return"] = C["finetune"].python_func(
         dataset=out["dataset"], selection=out["selection"], epochs=1, lr=1e-3, batch_size=32, seed=0, track=False,
         kfp_run_id="", kfp_run_name="", pipeline_name="test", model=out["model"], metrics=out["finetune_metrics"])
-    out["evaluation"], out["eval_metrics"] = _artifact(dsl.Artifact, tmp / "evaluation"), dsl.Metrics()
+    out["evaluation"] = _artifact(dsl.Artifact, tmp / "evaluation")
+    out["eval_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-5")
     out["eval_plot"], out["confusion"] = _artifact(dsl.HTML, tmp / "e.html"), dsl.ClassificationMetrics()
     C["evaluate"].python_func(model=out["model"], dataset=out["dataset"], noise="0,0.2", seed=0,
                               evaluation=out["evaluation"], plot=out["eval_plot"], metrics=out["eval_metrics"],
@@ -60,6 +63,8 @@ def test_ingest_writes_the_dataset_and_its_summary(chain):
     report = Path(chain["ingest_report"].path).read_text()
     assert report.startswith("# Dataset") and "| train |" in report
     assert chain["ingest_metrics"].metadata["images"] == 160
+    # the numbers are also the Metrics artifact's file: kfp.local's cache needs every output to exist
+    assert json.loads(Path(chain["ingest_metrics"].path).read_text()) == chain["ingest_metrics"].metadata
     assert chain["dataset"].metadata["classes"] == manifest["classes"]
 
 
@@ -113,7 +118,8 @@ def test_register_records_a_version_in_the_embedded_store(chain, monkeypatch):
     report = _artifact(dsl.Markdown, tmp / "registration.md")
     version = C["register"].python_func(
         model=chain["model"], evaluation=chain["evaluation"], profile=chain["profile"], selection=chain["selection"],
-        model_name="components-test", promote="better", mlflow_run_id="", kfp_run_id="", kfp_run_name="",
+        dataset=chain["dataset"], model_name="components-test", promote="better", gate_metric="macro_f1",
+        gate_alpha=0.05, gate_min_delta=0.005, mlflow_run_id="", kfp_run_id="", kfp_run_name="",
         pipeline_name="test", report=report)
     assert version == "1"
     text = Path(report.path).read_text()
@@ -125,7 +131,8 @@ def test_a_user_error_ends_the_task_with_exit_2_and_one_plain_line(tmp_path, mon
     with pytest.raises(SystemExit) as ended:
         C["ingest"].python_func(data="synthetic:10", layout="auto", image_size=32, duplicates="report", seed=0,
                                 dataset=_artifact(dsl.Dataset, tmp_path / "ds"),
-                                report=_artifact(dsl.Markdown, tmp_path / "r.md"), metrics=dsl.Metrics())
+                                report=_artifact(dsl.Markdown, tmp_path / "r.md"),
+                                metrics=_artifact(dsl.Metrics, tmp_path / "metrics"))
     assert ended.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("entropy-ft ingest: synthetic:10: need at least 28 images so that every class has train, val "

@@ -48,7 +48,7 @@ def test_training_has_every_task_in_order(compiled):
     tasks = _tasks(spec)
     assert set(tasks) == {"ingest", "profile", "select", "finetune", "evaluate", "register"}
     assert tasks["finetune"]["dependentTasks"] == ["ingest", "select"]
-    assert set(tasks["register"]["dependentTasks"]) == {"evaluate", "finetune", "profile", "select"}
+    assert set(tasks["register"]["dependentTasks"]) == {"evaluate", "finetune", "ingest", "profile", "select"}
 
 
 def test_ablation_fans_out_over_strategies_and_compares(compiled):

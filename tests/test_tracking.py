@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 
 from entropy_ft.data.format import ImageRecord
 from entropy_ft.errors import UserError
+from entropy_ft.evaluation.paired import PairedComparison, compare_paired
 from entropy_ft.tracking import registry
 from entropy_ft.tracking import runs as tracking
 from entropy_ft.tracking.registry import Decision, GateMetric, decide
@@ -29,24 +31,54 @@ EVAL = {
 }
 
 
+def _comparison(delta: float, p_better: float, p_worse: float = 1.0, sigma: float = 0.0) -> PairedComparison:
+    return PairedComparison("macro_f1", sigma, 1311, 0.9 + delta, 0.9, delta, delta - 0.01, delta + 0.01, p_better,
+                            p_worse, "paired permutation test")
+
+
 @pytest.mark.parametrize(
-    ("mode", "candidate", "champion_version", "champion", "promote"),
+    ("mode", "champion_version", "comparison", "guards", "promote", "because"),
     [
-        ("better", 0.8, None, None, True),  # first model
-        ("better", 0.8, "1", 0.7, True),
-        ("better", 0.7, "1", 0.7, False),  # tie
-        ("better", 0.6, "1", 0.7, False),
-        ("better", None, None, None, False),  # candidate metric missing, even with no champion
-        ("better", None, "1", 0.7, False),
-        ("better", 0.9, "1", None, False),  # champion metric missing: no evidence
-        ("always", None, "1", 0.9, True),
-        ("never", 0.99, None, None, False),
+        ("better", None, None, [], True, "no champion yet"),
+        ("better", "1", _comparison(0.02, 0.001), [], True, "beats champion v1"),
+        ("better", "1", _comparison(0.002, 0.001), [], False, "below --gate-min-delta 0.005"),  # significant, tiny
+        ("better", "1", _comparison(0.02, 0.2), [], False, "not significant at --gate-alpha 0.05"),
+        ("better", "1", _comparison(0.0, 1.0), [], False, "below --gate-min-delta"),  # a tie
+        ("better", "1", _comparison(-0.05, 1.0, 0.001), [], False, "below --gate-min-delta"),
+        ("better", "1", _comparison(0.02, 0.001), [_comparison(-0.05, 1.0, 0.01, sigma=0.2)], False,
+         "but worse at sigma 0.2"),
+        ("better", "1", _comparison(0.02, 0.001), [_comparison(-0.01, 0.9, 0.3, sigma=0.2)], True, "beats"),
+        ("better", "1", None, [], False, "no head-to-head with champion v1: no data"),
+        ("always", "1", None, [], True, "--promote always"),
+        ("never", None, _comparison(0.5, 0.0), [], False, "--promote never"),
     ],
 )
-def test_gate_promotes_only_on_strict_improvement(mode, candidate, champion_version, champion, promote):
-    decision = decide(mode, candidate, champion_version, champion)
+def test_gate_promotes_only_a_significant_gain_on_the_same_images(mode, champion_version, comparison, guards, promote,
+                                                                   because):
+    decision = decide(mode, champion_version, comparison, guards, min_delta=0.005, alpha=0.05,
+                      unavailable="no data")
     assert decision.promote is promote
-    assert decision.reason
+    assert because in decision.reason
+
+
+def test_paired_tests_on_known_cases():
+    y = np.array([0, 1, 2, 3] * 25)
+    right = y.copy()
+    one_off = y.copy()
+    one_off[0] = 1  # the champion misses one image of 100
+    same = compare_paired(y, right, right, 4, "accuracy")
+    assert (same.delta, same.p_better, same.ci_low, same.ci_high) == (0.0, 1.0, 0.0, 0.0)
+    one = compare_paired(y, right, one_off, 4, "accuracy")
+    assert one.delta == pytest.approx(0.01) and one.p_better == pytest.approx(0.5)  # McNemar: 1 win, 0 losses
+    many_off = y.copy()
+    many_off[:20] = (many_off[:20] + 1) % 4
+    many = compare_paired(y, right, many_off, 4, "accuracy")
+    assert many.p_better == pytest.approx(0.5 ** 20) and many.p_worse == 1.0 and "20 images" in many.test
+    f1 = compare_paired(y, right, many_off, 4, "macro_f1", seed=1)
+    assert f1.delta > 0.15 and f1.p_better < 0.01 and f1.ci_low > 0 and f1.p_worse > 0.99
+    assert f1 == compare_paired(y, right, many_off, 4, "macro_f1", seed=1)  # seeded: the same decision twice
+    reverse = compare_paired(y, many_off, right, 4, "balanced_accuracy")
+    assert reverse.delta < 0 and reverse.p_worse < 0.01 and reverse.p_better > 0.99
 
 
 def test_gate_metric_parsing_and_values():
@@ -63,15 +95,17 @@ def test_gate_metric_parsing_and_values():
             GateMetric.parse(bad)
 
 
-def test_version_tags_carry_metrics_and_decision():
-    f1 = 6 / 70  # not short in decimal: a rounded tag would make the next identical model look better or worse
+def test_version_tags_carry_metrics_decision_and_evidence():
+    f1 = 6 / 70  # not short in decimal: tags keep the exact value
     metrics = tracking.eval_metrics({**EVAL, "noise": [{"sigma": 0.0, "macro_f1": f1}]})
     metric = GateMetric("macro_f1")
-    tags = registry.version_tags(metrics, metric, f1, Decision(False, "tie"), "3", 0.75, {"arch": "resnet18"})
+    comparison = _comparison(0.002, 0.3)
+    tags = registry.version_tags(metrics, metric, f1, Decision(False, "tie"), "3", comparison, {"arch": "resnet18"})
     assert float(tags[metric.tag]) == f1
-    assert not decide("better", f1, "3", float(tags[metric.tag])).promote
     assert tags["entropy_ft.gate.promoted"] == "false"
     assert tags["entropy_ft.gate.champion_before"] == "3"
+    assert float(tags["entropy_ft.gate.delta"]) == 0.002 and float(tags["entropy_ft.gate.p_better"]) == 0.3
+    assert tags["entropy_ft.gate.images"] == "1311" and tags["entropy_ft.gate.test"] == "paired permutation test"
     assert tags["entropy_ft.arch"] == "resnet18"
     assert all(isinstance(v, str) for v in tags.values())
 
@@ -135,10 +169,9 @@ def test_local_default_store(tmp_path, monkeypatch):
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
     with pytest.raises(UserError, match="no such MLflow run"):
         tracking.ensure_run("0" * 32)
-    metric = GateMetric("macro_f1")
-    assert registry.current_champion(client, "never-registered", metric) == (None, None)
+    assert registry.champion_version(client, "never-registered") is None
     client.create_registered_model("no-champion-yet")  # e.g. the first version came with --promote never
-    assert registry.current_champion(client, "no-champion-yet", metric) == (None, None)
+    assert registry.champion_version(client, "no-champion-yet") is None
 
 
 @pytest.mark.parametrize("model_size", [48, 32])  # the model's input size: the Dataset's, or resized on load

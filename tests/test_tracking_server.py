@@ -196,30 +196,82 @@ def _model_exists(client) -> bool:
     return bool(client.search_registered_models(f"name='{MODEL}'"))
 
 
-def test_gate_keeps_champion_against_worse_and_tie_and_moves_for_better(server_env, model_dir, tmp_path, capfd):
+@pytest.fixture(scope="module")
+def gate_data(tmp_path_factory) -> Path:
+    """320 phantoms at 48 px (48 test images): enough for a trained model to beat a random one beyond chance."""
+    from entropy_ft.steps import ingest
+
+    out = tmp_path_factory.mktemp("gate") / "phantoms"
+    ingest.run(ingest.Config(sources=("synthetic:320",), out=str(out), image_size=48, seed=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(gate_data, tmp_path_factory) -> Path:
+    """A resnet18 fine-tuned for 4 epochs on the phantoms: far better than the random SqueezeNet."""
+    from selection_factory import write_selection
+
+    tmp = tmp_path_factory.mktemp("trained")
+    selection = write_selection(tmp / "selection.json", "resnet18", "full")
+    assert cli.main(["finetune", str(gate_data), str(selection), "--out", str(tmp / "model"), "--epochs", "4",
+                     "--batch-size", "16", "--precision", "fp32", "--device", "cpu"]) == 0
+    return tmp / "model"
+
+
+def test_gate_decides_head_to_head_on_the_same_images(server_env, model_dir, trained_model_dir, gate_data, tmp_path,
+                                                      capfd):
+    """The champion is re-evaluated on the candidate's gate images: an identical model ties and stays out,
+    a far better one takes champion on a paired test, and a worse one never does, whatever eval.json says."""
     client = tracking.connect()
-    code, first, err = register(capfd, model_dir, write_eval(tmp_path / "e1.json", 0.80))
+    name = ["--model-name", "gate-test", "--dataset", str(gate_data)]
+
+    def gate_aliases() -> dict:
+        return dict(client.get_registered_model("gate-test").aliases)
+
+    code, first, err = register(capfd, model_dir, write_eval(tmp_path / "e1.json", 0.30), *name)
+    assert code == 0 and first["promoted"] and first["reason"] == "no champion yet", err
+
+    code, same, err = register(capfd, model_dir, write_eval(tmp_path / "same.json", 0.99), *name)  # a rosy eval.json
     assert code == 0, err
-    champion = aliases(client)["champion"]
-    champion_f1 = float(client.get_model_version(MODEL, champion).tags[registry.GateMetric("macro_f1").tag])
+    assert not same["promoted"] and "below --gate-min-delta" in same["reason"], same["reason"]
+    shared = same["comparison"]["0"]
+    assert shared["delta"] == 0 and shared["images"] == 48 and shared["candidate"] == shared["champion"]
 
-    for name, f1 in (("worse", champion_f1 - 0.2), ("tie", champion_f1)):
-        code, summary, err = register(capfd, model_dir, write_eval(tmp_path / f"{name}.json", f1))
-        assert code == 0, err
-        assert not summary["promoted"], (name, summary)
-        assert aliases(client) == {"champion": champion, "challenger": summary["version"]}
-        assert client.get_model_version(MODEL, summary["version"]).tags["entropy_ft.gate.promoted"] == "false"
-
-    code, better, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", champion_f1 + 0.05))
+    code, better, err = register(capfd, trained_model_dir, write_eval(tmp_path / "better.json", 0.10), *name)
     assert code == 0, err
-    assert better["promoted"] and better["champion_before"] == champion
-    assert aliases(client) == {"champion": better["version"], "challenger": better["version"]}
+    assert better["promoted"] and "beats champion v1" in better["reason"], better["reason"]
+    evidence = better["comparison"]["0"]
+    assert evidence["delta"] >= 0.2 and evidence["p_better"] < 0.05 and evidence["ci_low"] > 0
+    version = client.get_model_version("gate-test", better["version"])
+    assert float(version.tags["entropy_ft.gate.p_better"]) == evidence["p_better"]
+    assert gate_aliases() == {"champion": better["version"], "challenger": better["version"]}
 
-    code, forced, err = register(capfd, model_dir, write_eval(tmp_path / "forced.json", 0.1), "--promote", "always")
+    code, worse, err = register(capfd, model_dir, write_eval(tmp_path / "worse.json", 0.99), *name,
+                                "--gate-metric", "accuracy")
+    assert code == 0 and not worse["promoted"], err
+    assert worse["comparison"]["0"]["delta"] < 0 and "McNemar" in worse["comparison"]["0"]["test"]
+    assert gate_aliases() == {"champion": better["version"], "challenger": worse["version"]}
+
+    code, blind, err = register(capfd, model_dir, write_eval(tmp_path / "blind.json", 0.99), "--model-name",
+                                "gate-test")  # no data to compare on: no evidence, no promotion
+    assert code == 0 and not blind["promoted"] and "no data to compare them on" in blind["reason"], err
+
+    code, forced, err = register(capfd, model_dir, write_eval(tmp_path / "forced.json", 0.1), *name,
+                                 "--promote", "always")
     assert code == 0 and forced["promoted"], err
-    code, kept, err = register(capfd, model_dir, write_eval(tmp_path / "never.json", 0.99), "--promote", "never")
-    assert code == 0 and not kept["promoted"], err
-    assert aliases(client) == {"champion": forced["version"], "challenger": kept["version"]}
+    assert gate_aliases()["champion"] == forced["version"]
+
+
+def test_bad_gate_flags_exit_2(server_env, model_dir, tmp_path, capfd):
+    eval_uri = write_eval(tmp_path / "e.json", 0.5)
+    code, _, err = register(capfd, model_dir, eval_uri, "--gate-alpha", "2")
+    assert code == 2 and "--gate-alpha 2: expected a fraction between 0 and 1" in err
+    other = tmp_path / "cats"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"classes": ["cat", "dog"], "image_size": 32,
+                                                      "image_encoding": "raw-uint8-hwc", "shards": []}))
+    code, _, err = register(capfd, model_dir, eval_uri, "--gate-data", str(other))
+    assert code == 2 and f"--gate-data {other / 'manifest.json'}: its classes ['cat', 'dog'] are not the model's" in err
 
 
 def kaggle_jpegs(kaggle_zip: Path, n_per_class: int = 2) -> tuple[list[bytes], list[str]]:

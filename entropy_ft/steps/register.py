@@ -10,13 +10,15 @@ local store (see :mod:`entropy_ft.tracking.runs`).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest, Evaluation, ModelMeta, Profile, Selection
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
-from entropy_ft.options import Options, option
+from entropy_ft.options import Options, below, fraction, option
 from entropy_ft.reports import model_card
 from entropy_ft.tracking import registry
 from entropy_ft.tracking import runs as tracking
@@ -42,6 +44,12 @@ class Config(Options):
     gate_metric: str = option("macro_f1", check=_gate_metric_problem,
                               help=f"test metric the gate compares: {', '.join(registry.GATE_METRICS)}, optionally "
                                    "@SIGMA for a noise level")
+    gate_data: str | None = option(
+        None, metavar="DATASET", help="the Dataset whose test split both the candidate and the champion are "
+                                      "evaluated on for the gate (default: --dataset, or the one eval.json names)")
+    gate_alpha: float = option(0.05, check=fraction(0, 1), help="significance level of the gate's paired test")
+    gate_min_delta: float = option(0.005, check=below(0, 1),
+                                   help="smallest gain of the gate metric that can promote, on the shared images")
     run_id: str | None = option(None, help="MLflow run of this pipeline run to log into (default: create one)")
     run_name: str | None = option(None, help="name for a newly created MLflow run")
     dataset: str | None = option(
@@ -70,8 +78,12 @@ def run(cfg: Config) -> dict:
                             f"{meta['classes']} ({cfg.model}); evaluate this model first")
         selection = given_selection or meta.get("selection")
         dataset = _dataset(cfg.dataset, evaluation.get("dataset"))
+        gate_data = DatasetManifest.read(DatasetManifest.folder_of(cfg.gate_data)) if cfg.gate_data else dataset
+        if gate_data is not None and list(gate_data.classes) != list(meta["classes"]):
+            raise UserError(f"--gate-data {gate_data.origin.uri}: its classes {gate_data.classes} are not the "
+                            f"model's {meta['classes']}")
         with tracking.tracking_errors():
-            summary = _register(cfg, metric, evaluation, meta, model_dir, profile, selection, dataset)
+            summary = _register(cfg, metric, evaluation, meta, model_dir, profile, selection, dataset, gate_data)
     log.info("registered %s version %s (%s); champion is v%s: %s", cfg.model_name, summary["version"],
              "promoted" if summary["promoted"] else "challenger", summary["champion"], summary["reason"])
     return summary
@@ -90,7 +102,8 @@ def _dataset(given: str | None, recorded: str | None) -> DatasetManifest | None:
 
 
 def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: dict, model_dir,
-              profile: dict | None, selection: dict | None, dataset: DatasetManifest | None) -> dict:
+              profile: dict | None, selection: dict | None, dataset: DatasetManifest | None,
+              gate_data: DatasetManifest | None) -> dict:
     client = tracking.connect()
     default_name = (tracking.run_name(cfg.pipeline_name, cfg.kfp_run_name) if cfg.pipeline_name
                     else f"{meta['arch']}-{(selection or {}).get('strategy', 'model')}")
@@ -111,17 +124,25 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
                                         dataset.origin.sha256)
         _log_sibling_png(run_id, Evaluation.file_in(cfg.eval), "eval")
         value = registry.metric_value(evaluation, metric)
-        champion_before, champion_value = registry.current_champion(client, cfg.model_name, metric)
-        decision = registry.decide(cfg.promote, value, champion_before, champion_value)
+        champion_before = registry.champion_version(client, cfg.model_name)
+        comparisons, unavailable = {}, None
+        if cfg.promote == "better" and champion_before is not None:
+            comparisons, unavailable = _head_to_head(cfg, metric, Path(model_dir), champion_before, gate_data,
+                                                     int(evaluation.get("seed") or 0))
+        comparison = comparisons.get(metric.sigma)
+        decision = registry.decide(cfg.promote, champion_before, comparison,
+                                   [c for s, c in comparisons.items() if s != metric.sigma],
+                                   min_delta=cfg.gate_min_delta, alpha=cfg.gate_alpha, unavailable=unavailable)
+        champion_value = comparison.champion if comparison else None
         from entropy_ft.tracking import serving  # imports mlflow.pyfunc: only when registering, not on every CLI start
 
         info = serving.log_pyfunc(model_dir, meta)
         extra = {"arch": meta["arch"], "strategy": str((selection or {}).get("strategy")),
                  "data_manifest_sha256": str(meta.get("data_manifest_sha256"))}
-        tags = registry.version_tags(metrics, metric, value, decision, champion_before, champion_value, extra)
+        tags = registry.version_tags(metrics, metric, value, decision, champion_before, comparison, extra)
         version = registry.create_version(client, cfg.model_name, info.model_uri, tags)
         gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
-                "champion_value_before": champion_value, "promoted": decision.promote, "reason": decision.reason}
+                "promoted": decision.promote, "reason": decision.reason}
         card = model_card(cfg.model_name, version, meta, evaluation, gate, *(
             (dataset.to_json(), DatasetManifest.folder_of(dataset.origin.uri), dataset.origin.sha256)
             if dataset is not None else ()))
@@ -142,7 +163,35 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
         "champion": champion,
         "promoted": decision.promote,
         "reason": decision.reason,
+        "comparison": {f"{s:g}": c.to_json() for s, c in comparisons.items()},
     }
+
+
+def _head_to_head(cfg: Config, metric: registry.GateMetric, model_dir: Path, champion: str,
+                  gate_data: DatasetManifest | None, seed: int) -> tuple[dict, str | None]:
+    """Candidate and champion on the gate data's test split at sigma 0 and the gate's sigma:
+    ({sigma: PairedComparison}, None), or ({}, why there is no comparison)."""
+    from entropy_ft.evaluation.head_to_head import head_to_head
+
+    if gate_data is None:
+        return {}, "no data to compare them on (pass --gate-data or --dataset)"
+    with tempfile.TemporaryDirectory(prefix="entropy-ft-champion-") as tmp:
+        try:
+            champion_dir = registry.download_model_dir(cfg.model_name, champion, Path(tmp))
+        except (UserError, OSError) as exc:
+            return {}, f"its model could not be loaded ({exc})"
+        folder = DatasetManifest.folder_of(gate_data.origin.uri)
+        with storage.local_copy(folder) as root:
+            try:
+                found = head_to_head(model_dir, champion_dir, root, metric.name, sorted({0.0, metric.sigma}),
+                                     seed)
+            except UserError as exc:
+                return {}, str(exc)
+    for c in found.values():
+        log.info("gate at sigma %g: candidate %.4f, champion v%s %.4f on %d images, delta %+.4f (95%% CI %+.4f to "
+                 "%+.4f), p=%.4g (%s)", c.sigma, c.candidate, champion, c.champion, c.images, c.delta, c.ci_low,
+                 c.ci_high, c.p_better, c.test)
+    return found, None
 
 
 def _log_sibling_png(run_id: str, json_uri: str | None, name: str) -> None:

@@ -1,9 +1,12 @@
 """The registry gate: every registered model becomes a new version and the ``challenger``;
-``champion`` moves only to a version that is strictly better on the gate metric.
+``champion`` moves only to a version that beats it head to head.
 
-The decision is a pure function (:func:`decide`) over numbers read from eval.json (the
-candidate) and from the champion version's tags, so recurring retraining can never replace
-a good production model with a worse one, a tie, or one whose metric is missing.
+Head to head: the register step evaluates the candidate and the current champion on the same
+images with the same noise (:mod:`entropy_ft.evaluation.paired`), and :func:`decide`, a pure
+function of that comparison, promotes only a difference of at least ``--gate-min-delta`` that
+the paired test finds significant at ``--gate-alpha``, and never a model that is significantly
+worse at another gated noise level. So recurring retraining cannot replace a good production
+model with a worse one, a tie, or one that drew an easier test set.
 
 Order of operations, so that a failure at any point leaves no alias on a half-made version:
 log the model, create the version with all its tags, wait until it is READY, and only then
@@ -12,11 +15,12 @@ set ``challenger`` and (if the gate says so) ``champion``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from entropy_ft.errors import UserError
+from entropy_ft.evaluation.paired import PairedComparison
 from entropy_ft.tracking.runs import eval_metrics, sigma_label
 
 CHAMPION = "champion"
@@ -68,51 +72,53 @@ def metric_value(evaluation: Mapping, metric: GateMetric) -> float | None:
     return eval_metrics(evaluation).get(metric.key)
 
 
-def _finite(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
 
 
-def decide(mode: str, candidate: float | None, champion_version: str | None, champion: float | None) -> Decision:
+def decide(mode: str, champion_version: str | None, comparison: PairedComparison | None = None,
+           guards: Sequence[PairedComparison] = (), *, min_delta: float = 0.005, alpha: float = 0.05,
+           unavailable: str | None = None) -> Decision:
     """Whether the new version takes ``champion``.
 
-    ``always`` and ``never`` are what they say. ``better``: with no champion yet, any
-    candidate with the metric wins; otherwise only a strictly higher value does. A missing
-    value on either side never promotes: without both numbers there is no evidence.
+    ``always`` and ``never`` are what they say. ``better``: with no champion yet, the candidate
+    wins. Otherwise the decision rests on ``comparison``, both models on the same images at the
+    gate metric's sigma: the candidate must be better by at least ``min_delta`` and the paired
+    test must say so at ``alpha``; and no ``guard`` (the same comparison at the other gated
+    noise levels) may show it significantly worse. Without a comparison (``unavailable`` says
+    why) there is no evidence, so the champion stays.
     """
     if mode == "always":
         return Decision(True, "--promote always")
     if mode == "never":
         return Decision(False, "--promote never")
-    if candidate is None:
-        return Decision(False, "the new version has no value for the gate metric")
     if champion_version is None:
         return Decision(True, "no champion yet")
-    if champion is None:
-        return Decision(False, f"champion v{champion_version} has no value for the gate metric to compare with")
-    if candidate > champion:
-        return Decision(True, f"{candidate:.4f} beats champion v{champion_version} ({champion:.4f})")
-    relation = "ties" if candidate == champion else "is below"
-    return Decision(False, f"{candidate:.4f} {relation} champion v{champion_version} ({champion:.4f})")
+    if comparison is None:
+        return Decision(False, f"no head-to-head with champion v{champion_version}: {unavailable or 'no evidence'}")
+    evidence = (f"{comparison.metric}@{comparison.sigma:g} {comparison.candidate:.4f} vs {comparison.champion:.4f} "
+                f"on the same {comparison.images} images, delta {comparison.delta:+.4f} "
+                f"(95% CI {comparison.ci_low:+.4f} to {comparison.ci_high:+.4f}), p={comparison.p_better:.4g}")
+    if comparison.delta < min_delta:
+        return Decision(False, f"{evidence}: below --gate-min-delta {min_delta:g}; champion v{champion_version} stays")
+    if comparison.p_better >= alpha:
+        return Decision(False, f"{evidence}: not significant at --gate-alpha {alpha:g}; "
+                               f"champion v{champion_version} stays")
+    for guard in guards:
+        if guard.p_worse < alpha:
+            return Decision(False, f"{evidence}, but worse at sigma {guard.sigma:g} ({guard.candidate:.4f} vs "
+                                   f"{guard.champion:.4f}, p={guard.p_worse:.4g}); champion v{champion_version} stays")
+    return Decision(True, f"{evidence}: beats champion v{champion_version}")
 
 
 def version_tags(metrics: Mapping[str, float], metric: GateMetric, value: float | None, decision: Decision,
-                 champion_version: str | None, champion_value: float | None,
+                 champion_version: str | None, comparison: PairedComparison | None,
                  extra: Mapping[str, str]) -> dict[str, str]:
-    """Tags for a new model version: its test metrics and the gate decision, readable in the UI.
+    """Tags for a new model version: its test metrics and the gate decision with its evidence, readable in the UI.
 
-    Numbers are written with ``repr`` (shortest exact round trip), because the next
-    registration compares against them: rounding here could turn a tie into a promotion.
-    """
+    Numbers are written with ``repr`` (shortest exact round trip)."""
     tags = {f"{TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
     tags.update({
         f"{TAG_PREFIX}gate.metric": str(metric),
@@ -120,24 +126,36 @@ def version_tags(metrics: Mapping[str, float], metric: GateMetric, value: float 
         f"{TAG_PREFIX}gate.promoted": str(decision.promote).lower(),
         f"{TAG_PREFIX}gate.reason": decision.reason,
         f"{TAG_PREFIX}gate.champion_before": champion_version or "none",
-        f"{TAG_PREFIX}gate.champion_value_before": "missing" if champion_value is None else repr(champion_value),
     })
+    if comparison is not None:
+        tags.update({f"{TAG_PREFIX}gate.{k}": v if isinstance(v, str) else repr(v)
+                     for k, v in comparison.to_json().items() if k not in ("metric", "sigma")})
     tags.update({f"{TAG_PREFIX}{k}": v for k, v in extra.items()})
     return tags
 
 
-def current_champion(client, model_name: str, metric: GateMetric) -> tuple[str | None, float | None]:
-    """The champion's version and its gate metric (from its tags); (None, None) if there is none."""
+def champion_version(client, model_name: str) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
+        return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException as exc:
         # no such registered model: RESOURCE_DOES_NOT_EXIST; a model without the alias: "alias ... not found"
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(exc) and "not found" in str(exc):
-            return None, None
+            return None
         raise
-    return str(version.version), _finite(version.tags.get(metric.tag))
+
+
+def download_model_dir(model_name: str, version: str, dst: Path) -> Path:
+    """The Model dir (weights.safetensors + model.json) inside a registered version's pyfunc."""
+    import mlflow
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=str(dst)))
+    found = sorted(root.rglob("model.json"))
+    if not found:
+        raise UserError(f"models:/{model_name}/{version} holds no model.json: not registered by entropy-ft")
+    return found[0].parent
 
 
 def create_version(client, model_name: str, model_uri: str, tags: Mapping[str, str], wait_s: int = 300) -> str:
