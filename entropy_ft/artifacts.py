@@ -276,6 +276,8 @@ class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     balanced_accuracy: float | None = None
     per_class_recall: dict | None = None
     confusion_matrix: list[list[int]] | None = None
+    ci: dict | None = None  # metric -> [low, high], 95%
+    per_class: dict | None = None  # class -> {sensitivity, specificity, ppv, npv}: {value, ci, n}
     noise: list[dict]  # {sigma, accuracy, macro_f1, balanced_accuracy, per_class_recall, confusion_matrix}
 
 

@@ -106,12 +106,17 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
                                                       "seed", "precision") if k in config)
     lines.append(f"- Recipe: {recipe or 'n/a'}")
     lines += ["", f"## Test metrics ({evaluation.get('num_images')} {evaluation.get('split', 'test')} images)", ""]
-    rows = [[f"{row['sigma']:g}", _num(row.get("accuracy")), _num(row.get("macro_f1")),
-             _num(row.get("balanced_accuracy"))] for row in evaluation.get("noise") or []]
-    lines.append(md_table(["noise sigma", "accuracy", "macro-F1", "balanced accuracy"], rows))
-    recall = evaluation.get("per_class_recall") or {}
-    if recall:
-        lines.append("Recall per class at sigma 0: " + ", ".join(f"{c} {_num(r)}" for c, r in recall.items()))
+    rows = [[f"{row['sigma']:g}", *(_num(row.get(m), (row.get("ci") or {}).get(m))
+                                    for m in ("accuracy", "macro_f1", "balanced_accuracy"))]
+            for row in evaluation.get("noise") or []]
+    lines.append(md_table(["noise sigma", "accuracy [95% CI]", "macro-F1 [95% CI]", "balanced accuracy [95% CI]"],
+                          rows))
+    per_class = evaluation.get("per_class") or {}
+    if per_class:
+        lines.append("Per class at sigma 0, one class against the rest (Wilson 95% CIs):\n")
+        lines.append(md_table(["class", "sensitivity", "specificity", "PPV", "NPV"], [
+            [name, *(_num(rates[k]["value"], rates[k]["ci"]) for k in ("sensitivity", "specificity", "ppv", "npv"))]
+            for name, rates in per_class.items()]))
     lines += ["", "## Registration gate", ""]
     lines.append(f"- Metric {gate.get('gate_metric')}; this version on its own test images: {_num(gate.get('value'))}")
     lines.append(f"- Champion before: {'v' + str(gate['champion_before']) if gate.get('champion_before') else 'none'}")
@@ -128,5 +133,7 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
     return "\n".join(lines) + "\n"
 
 
-def _num(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+def _num(value: object, ci: Sequence[float] | None = None) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "n/a"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")

@@ -93,3 +93,35 @@ def test_sigma_zero_is_the_plain_evaluation_and_noise_changes_the_inputs(model_a
     _, noisy_other_seed = predict(model, loader, CPU, noise_sigma=0.4, generator=noise_generator(6, 0.4))
     assert not np.array_equal(noisy, logits)
     assert not np.array_equal(noisy, noisy_other_seed)
+
+
+def test_per_class_rates_on_a_hand_counted_case():
+    from entropy_ft.evaluation.uncertainty import per_class_rates
+
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 3)  # rows true 0 0 0 1 1 2, columns predicted 0 0 1 1 2 2
+    rates = per_class_rates(cm, ["a", "b", "c"])
+    assert rates["a"]["sensitivity"]["value"] == pytest.approx(2 / 3) and rates["a"]["sensitivity"]["n"] == 3
+    assert rates["a"]["specificity"]["value"] == 1.0 and rates["a"]["ppv"]["value"] == 1.0
+    assert rates["b"]["ppv"]["value"] == pytest.approx(1 / 2) and rates["b"]["npv"]["value"] == pytest.approx(3 / 4)
+    assert rates["c"]["sensitivity"]["value"] == 1.0 and rates["c"]["specificity"]["value"] == pytest.approx(4 / 5)
+    low, high = rates["a"]["sensitivity"]["ci"]
+    assert 0 < low < 2 / 3 < high < 1  # Wilson: inside [0, 1] and around the estimate
+    empty = per_class_rates(np.array([[2, 0], [0, 0]]), ["x", "y"])["y"]["sensitivity"]
+    assert empty == {"value": None, "ci": None, "n": 0}  # no true images of y: no rate to state
+
+
+def test_score_cis_cover_the_estimate_and_narrow_with_more_images():
+    from entropy_ft.evaluation.uncertainty import score_cis
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 1600):
+        y = rng.integers(0, 4, n)
+        pred = np.where(rng.random(n) < 0.8, y, rng.integers(0, 4, n))
+        cis = score_cis(y, pred, 4, seed=0)
+        estimate = accuracy(confusion_matrix(y, pred, 4))
+        assert cis["accuracy"][0] < estimate < cis["accuracy"][1]
+        assert set(cis) == {"accuracy", "macro_f1", "balanced_accuracy"}
+        widths.append(cis["accuracy"][1] - cis["accuracy"][0])
+    assert widths[1] < widths[0] / 2.5  # about 1/sqrt(16) as wide with 16 times the images
+    assert score_cis(y, pred, 4, seed=0) == cis  # seeded

@@ -70,8 +70,14 @@ def test_evaluate_writes_eval_json_and_plot_and_is_seeded(model_dir, synthetic_d
     assert report["noise"] == again["noise"]
     assert [row["sigma"] for row in report["noise"]] == [0.0, 0.2]
     clean = report["noise"][0]
-    for key in ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix"):
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix", "ci",
+                "per_class"):
         assert report[key] == clean[key]
+    for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+        low, high = report["ci"][metric]
+        assert low <= report[metric] <= high
+    assert set(report["per_class"]) == set(report["classes"])
+    assert sum(r["sensitivity"]["n"] for r in report["per_class"].values()) == 24
     assert sum(map(sum, clean["confusion_matrix"])) == report["num_images"] == 24
     assert report["split"] == "test" and report["seed"] == 3
     assert report["dataset_manifest_sha256"] == manifest_sha256(synthetic_dataset)
@@ -80,7 +86,7 @@ def test_evaluate_writes_eval_json_and_plot_and_is_seeded(model_dir, synthetic_d
     assert report["reduction_vs_full"] == meta["selection"]["reduction_vs_full"]
     assert summary["accuracy"] == report["accuracy"] and summary["images"] == 24
     html = (tmp_path / "a" / "eval.html").read_text()
-    assert "<svg" in html and "0.2" in html
+    assert "<svg" in html and "0.2" in html and "95% confidence intervals" in html and "sensitivity" in html
     assert (tmp_path / "a" / "eval.png").read_bytes().startswith(b"\x89PNG")
 
 

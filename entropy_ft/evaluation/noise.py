@@ -19,6 +19,7 @@ from entropy_ft.data.loader import to_model_input
 from entropy_ft.device import autocast
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.metrics import classification_metrics
+from entropy_ft.evaluation.uncertainty import per_class_rates, score_cis
 from entropy_ft.logs import progress
 
 DEFAULT_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -81,10 +82,14 @@ def noise_robustness(
     seed: int,
     device: torch.device,
 ) -> list[dict]:
-    """One metric row per sigma: ``{"sigma": s, **classification_metrics}``."""
+    """One metric row per sigma: ``{"sigma": s, **classification_metrics, "ci": ..., "per_class": ...}``,
+    with 95% CIs of the scores and the per-class rates (:mod:`entropy_ft.evaluation.uncertainty`)."""
     rows = []
     for sigma in sigmas:
         y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(seed, sigma),
                             desc=f"sigma {sigma:g}")
-        rows.append({"sigma": float(sigma), **classification_metrics(y, logits.argmax(axis=1), classes)})
+        pred = logits.argmax(axis=1)
+        metrics = classification_metrics(y, pred, classes)
+        rows.append({"sigma": float(sigma), **metrics, "ci": score_cis(y, pred, len(classes), seed),
+                     "per_class": per_class_rates(np.asarray(metrics["confusion_matrix"]), classes)})
     return rows

@@ -21,7 +21,8 @@ from entropy_ft.model.model_dir import load_model_dir
 from entropy_ft.options import Options, at_least, option
 from entropy_ft.plots import line_figure, write_report
 
-METRIC_KEYS = ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix")
+METRIC_KEYS = ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix", "ci",
+               "per_class")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +107,22 @@ def write_plot(out_dir, report: Evaluation) -> dict[str, str]:
         xlabel="noise sigma (pixels in [0, 1])",
         ylabel=f"{report.split} score",
     )
-    notes = [f"Model {report.model}, {report.num_images} {report.split} images, noise seed {report.seed}."]
+    notes = [f"Model {report.model}, {report.num_images} {report.split} images, noise seed {report.seed}. "
+             "Brackets: 95% confidence intervals (bootstrap over images; Wilson intervals for the per-class rates)."]
+    notes += [f"{name} at sigma 0: " + ", ".join(f"{label} {_with_ci(rates[key]['value'], rates[key]['ci'])}"
+                                                 for key, label in RATE_LABELS.items())
+              for name, rates in (report.per_class or {}).items()]
     table = (["sigma", "accuracy", "macro-F1", "balanced accuracy"],
-             [[f"{r['sigma']:g}", f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['balanced_accuracy']:.4f}"]
-              for r in rows])
+             [[f"{r['sigma']:g}", *(_with_ci(r[m], (r.get("ci") or {}).get(m))
+                                   for m in ("accuracy", "macro_f1", "balanced_accuracy"))] for r in rows])
     return write_report(out_dir, "eval", "Noise robustness", fig, notes, table)
+
+
+RATE_LABELS = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV"}
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    """``0.9612 [0.9501, 0.9712]``; ``n/a`` where a rate has no images to count."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")

@@ -327,11 +327,17 @@ def sigma_label(sigma: float) -> str:
 def eval_metrics(evaluation: Mapping) -> dict[str, float]:
     """Run metrics from an eval.json: ``test_<m>`` at sigma 0, ``test_<m>_sigma_<s>`` at every
     sigma (sigma 0 from the top-level figures when the noise table lacks it), and
-    ``test_recall_<class>`` at sigma 0. Missing and non-finite values are left out."""
+    ``test_recall_<class>`` at sigma 0, with the 95% CIs (``test_<m>_ci_low`` / ``_high``) and the
+    per-class ``test_<sensitivity|specificity|ppv|npv>_<class>`` when eval.json has them. Missing and
+    non-finite values are left out."""
     names = ("accuracy", "macro_f1", "balanced_accuracy")
     out = {f"test_{m}": evaluation.get(m) for m in names}
     out.update({f"test_recall_{c}": r for c, r in (evaluation.get("per_class_recall") or {}).items()})
     out.update({f"test_{m}_sigma_0": evaluation.get(m) for m in names})
+    out.update({f"test_{m}_ci_{end}": bound for m, ci in (evaluation.get("ci") or {}).items()
+                for end, bound in zip(("low", "high"), ci or ())})
+    for name, rates in (evaluation.get("per_class") or {}).items():
+        out.update({f"test_{rate}_{name}": (r or {}).get("value") for rate, r in rates.items()})
     for row in evaluation.get("noise", []):
         out.update({f"test_{m}_sigma_{sigma_label(row['sigma'])}": row.get(m) for m in names if m in row})
     return {k: float(v) for k, v in out.items()
