@@ -36,9 +36,18 @@ def dataset_markdown(manifest: DatasetManifest) -> str:
 
 
 def registration_markdown(summary: dict) -> str:
-    """What the register step decided, for the KFP UI."""
+    """What the register step decided, for the KFP UI, with the head-to-head evidence when there was one."""
     rows = [[k, summary[k]] for k in sorted(summary) if not isinstance(summary[k], (dict, list))]
-    return "# Model registration\n\n" + md_table(["field", "value"], rows)
+    text = "# Model registration\n\n" + md_table(["field", "value"], rows)
+    comparisons = summary.get("comparison") or {}
+    if comparisons:
+        text += ("\n## Head to head with the champion, on the same images\n\n"
+                 + md_table(["sigma", "metric", "images", "candidate", "champion", "delta [95% CI]", "p (better)",
+                             "p (worse)", "test"],
+                            [[sigma, c["metric"], c["images"], _num(c["candidate"]), _num(c["champion"]),
+                              _num(c["delta"], [c["ci_low"], c["ci_high"]]), f"{c['p_better']:.4g}",
+                              f"{c['p_worse']:.4g}", c["test"]] for sigma, c in comparisons.items()]))
+    return text
 
 
 def flatten_numbers(values: Mapping, prefix: str = "") -> dict[str, float]:

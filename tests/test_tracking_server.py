@@ -245,6 +245,10 @@ def test_gate_decides_head_to_head_on_the_same_images(server_env, model_dir, tra
     version = client.get_model_version("gate-test", better["version"])
     assert float(version.tags["entropy_ft.gate.p_better"]) == evidence["p_better"]
     assert gate_aliases() == {"champion": better["version"], "challenger": better["version"]}
+    from entropy_ft.reports import registration_markdown
+
+    report = registration_markdown(better)
+    assert "## Head to head with the champion, on the same images" in report and "| 0 | macro_f1 | 48 |" in report
 
     code, worse, err = register(capfd, model_dir, write_eval(tmp_path / "worse.json", 0.99), *name,
                                 "--gate-metric", "accuracy")
