@@ -242,6 +242,8 @@ class ModelMeta(Artifact, file="model.json", producer="finetune"):
     weights_sha256: str | None = None
     data_manifest_sha256: str | None = None
 
+    calibration: dict | None = None  # temperature fitted on val, ECE before/after, abstention threshold
+
     @property
     def image_size(self) -> int:
         return int(self.preprocessing["image_size"])
@@ -278,6 +280,7 @@ class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     confusion_matrix: list[list[int]] | None = None
     ci: dict | None = None  # metric -> [low, high], 95%
     per_class: dict | None = None  # class -> {sensitivity, specificity, ppv, npv}: {value, ci, n}
+    calibration: dict | None = None  # temperature, ECE with and without it, reliability bins, coverage curve
     noise: list[dict]  # {sigma, accuracy, macro_f1, balanced_accuracy, per_class_recall, confusion_matrix}
 
 

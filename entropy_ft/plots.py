@@ -98,13 +98,18 @@ def svg_text(fig: Figure) -> str:
     return text[text.index("<svg") :]
 
 
+Section = tuple[str, Figure, Sequence[str]]  # heading, figure, notes: a further part of a report page
+
+
 def html_page(
     title: str,
     fig: Figure,
     notes: Sequence[str] = (),
     table: tuple[Sequence[str], Sequence[Sequence[object]]] | None = None,
+    sections: Sequence[Section] = (),
 ) -> str:
-    """A self-contained HTML page: title, notes, the figure inline as SVG, an optional table."""
+    """A self-contained HTML page: title, notes, the figure inline as SVG, an optional table, then
+    further sections, each a heading, its notes and its figure."""
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -123,6 +128,9 @@ def html_page(
         parts.append("<table><thead><tr>" + header_cells + "</tr></thead><tbody>")
         parts.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         parts.append("</tbody></table>")
+    for heading, section_fig, section_notes in sections:
+        parts += [f"<h2>{html.escape(heading)}</h2>", *(f"<p>{html.escape(n)}</p>" for n in section_notes),
+                  svg_text(section_fig)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -134,9 +142,10 @@ def write_report(
     fig: Figure,
     notes: Sequence[str] = (),
     table: tuple[Sequence[str], Sequence[Sequence[object]]] | None = None,
+    sections: Sequence[Section] = (),
 ) -> dict[str, str]:
-    """Write ``stem.html`` and ``stem.png`` into a (staging) directory; returns their file names."""
-    (out_dir / f"{stem}.html").write_text(html_page(title, fig, notes, table))
+    """Write ``stem.html`` and ``stem.png`` (the main figure) into a (staging) directory; returns their file names."""
+    (out_dir / f"{stem}.html").write_text(html_page(title, fig, notes, table, sections))
     (out_dir / f"{stem}.png").write_bytes(png_bytes(fig))
     return {"html": f"{stem}.html", "png": f"{stem}.png"}
 

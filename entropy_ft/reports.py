@@ -138,7 +138,16 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
         worst = min(noisy, key=lambda row: row.get("accuracy") or 0.0)
         lines.append(f"- Under Gaussian pixel noise accuracy falls to {_num(worst.get('accuracy'))} at sigma "
                      f"{worst['sigma']:g}: noisy or low-quality scans need a human read.")
-    lines.append("- Probabilities are the softmax of the logits, not calibrated.")
+    cal = evaluation.get("calibration") or {}
+    if cal.get("ece") is not None:
+        lines.append(f"- Probabilities are temperature-scaled on the val split (T = {cal.get('temperature', 1.0):.3f});"
+                     " "
+                     f"expected calibration error on the test images {cal['ece']:.4f} "
+                     f"({cal.get('ece_uncalibrated', float('nan')):.4f} before scaling)"
+                     + (f"; answers below {cal['abstain_below']:g} are 'uncertain'." if cal.get("abstain_below")
+                        else "."))
+    else:
+        lines.append("- Probabilities are the softmax of the logits, not calibrated.")
     return "\n".join(lines) + "\n"
 
 

@@ -58,6 +58,9 @@ def test_finetune_writes_a_complete_model_dir(model_dir, selection, synthetic_da
     assert not (model_dir / "checkpoint").exists()  # the finished Model dir replaced the in-progress checkpoint
     model, _ = load_model_dir(model_dir)
     assert sum(p.numel() for p in model.parameters()) == meta["total_params"]
+    calibration = meta["calibration"]  # temperature scaling fitted on the val split
+    assert calibration["fitted_on"] == "val" and calibration["val_images"] > 0 and calibration["temperature"] > 0
+    assert calibration["val_nll"][1] <= calibration["val_nll"][0] + 1e-9 and calibration["abstain_below"] is None
 
 
 def test_evaluate_writes_eval_json_and_plot_and_is_seeded(model_dir, synthetic_dataset, tmp_path, capsys):
@@ -87,6 +90,11 @@ def test_evaluate_writes_eval_json_and_plot_and_is_seeded(model_dir, synthetic_d
     assert summary["accuracy"] == report["accuracy"] and summary["images"] == 24
     html = (tmp_path / "a" / "eval.html").read_text()
     assert "<svg" in html and "0.2" in html and "95% confidence intervals" in html and "sensitivity" in html
+    cal = report["calibration"]
+    assert cal["temperature"] == meta["calibration"]["temperature"] and 0 <= cal["ece"] <= 1
+    assert sum(b["images"] for b in cal["reliability"]) == 24 and cal["coverage"][0]["coverage"] == 1.0
+    assert all("ece" in row for row in report["noise"])
+    assert "<h2>Calibration</h2>" in html and "<h2>Coverage against accuracy</h2>" in html
     assert (tmp_path / "a" / "eval.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -117,6 +125,9 @@ def test_finetune_rejects_a_selection_for_other_classes_and_bad_flags(synthetic_
     assert main(["finetune", str(synthetic_dataset), str(other), "--out", str(tmp_path / "m"), *FAST]) == 2
     assert "classes" in capsys.readouterr().err
     sel = write_selection(tmp_path / "sel.json", "resnet18", "head")
+    assert main(["finetune", str(synthetic_dataset), str(sel), "--out", str(tmp_path / "m"), "--abstain-below",
+                 "1.5"]) == 2
+    assert "--abstain-below 1.5: expected a fraction between 0 and 1" in capsys.readouterr().err
     assert main(["finetune", str(synthetic_dataset), str(sel), "--out", str(tmp_path / "m"), "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from entropy_ft.data.loader import to_model_input
 from entropy_ft.device import autocast
 from entropy_ft.errors import UserError
+from entropy_ft.evaluation.calibration import coverage, reliability, softmax
 from entropy_ft.evaluation.metrics import classification_metrics
 from entropy_ft.evaluation.uncertainty import per_class_rates, score_cis
 from entropy_ft.logs import progress
@@ -81,15 +82,25 @@ def noise_robustness(
     sigmas: Sequence[float],
     seed: int,
     device: torch.device,
+    temperature: float = 1.0,
 ) -> list[dict]:
-    """One metric row per sigma: ``{"sigma": s, **classification_metrics, "ci": ..., "per_class": ...}``,
-    with 95% CIs of the scores and the per-class rates (:mod:`entropy_ft.evaluation.uncertainty`)."""
+    """One metric row per sigma: ``{"sigma": s, **classification_metrics, "ci", "per_class", "ece",
+    "ece_uncalibrated"}``, with 95% CIs of the scores and the per-class rates
+    (:mod:`entropy_ft.evaluation.uncertainty`), and the calibration error of the probabilities
+    with and without the model's ``temperature`` (:mod:`entropy_ft.evaluation.calibration`); the
+    sigma-0 row also has the reliability bins and the coverage curve."""
     rows = []
     for sigma in sigmas:
         y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(seed, sigma),
                             desc=f"sigma {sigma:g}")
         pred = logits.argmax(axis=1)
         metrics = classification_metrics(y, pred, classes)
-        rows.append({"sigma": float(sigma), **metrics, "ci": score_cis(y, pred, len(classes), seed),
-                     "per_class": per_class_rates(np.asarray(metrics["confusion_matrix"]), classes)})
+        probs = softmax(logits, temperature)
+        ece, bins = reliability(probs, y)
+        row = {"sigma": float(sigma), **metrics, "ci": score_cis(y, pred, len(classes), seed),
+               "per_class": per_class_rates(np.asarray(metrics["confusion_matrix"]), classes),
+               "ece": ece, "ece_uncalibrated": reliability(softmax(logits), y)[0]}
+        if sigma == 0:
+            row.update(reliability=bins, coverage=coverage(probs, y))
+        rows.append(row)
     return rows

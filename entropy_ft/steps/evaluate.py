@@ -54,7 +54,8 @@ def run(cfg: Config) -> dict:
                              train=False)
         if len(loader.dataset) == 0:
             raise UserError(f"{cfg.dataset}: the {cfg.split} split has no images")
-        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device)
+        calibration = meta.calibration or {}
+        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, calibration.get("temperature", 1.0))
         report = eval_report(cfg, meta, classes, manifest_sha256(root), len(loader.dataset), rows)
     with storage.output_dir(cfg.out) as tmp:
         report.write(str(tmp))
@@ -91,6 +92,10 @@ def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str,
         trainable_params=meta.trainable_params,
         reduction_vs_full=meta.selection.get("reduction_vs_full"),
         **{k: clean[k] for k in METRIC_KEYS},
+        calibration={"temperature": (meta.calibration or {}).get("temperature", 1.0),
+                     "abstain_below": (meta.calibration or {}).get("abstain_below"),
+                     "ece": clean["ece"], "ece_uncalibrated": clean["ece_uncalibrated"],
+                     "reliability": clean["reliability"], "coverage": clean["coverage"]},
         noise=rows,
     )
 
@@ -112,10 +117,43 @@ def write_plot(out_dir, report: Evaluation) -> dict[str, str]:
     notes += [f"{name} at sigma 0: " + ", ".join(f"{label} {_with_ci(rates[key]['value'], rates[key]['ci'])}"
                                                  for key, label in RATE_LABELS.items())
               for name, rates in (report.per_class or {}).items()]
-    table = (["sigma", "accuracy", "macro-F1", "balanced accuracy"],
+    table = (["sigma", "accuracy", "macro-F1", "balanced accuracy", "ECE"],
              [[f"{r['sigma']:g}", *(_with_ci(r[m], (r.get("ci") or {}).get(m))
-                                   for m in ("accuracy", "macro_f1", "balanced_accuracy"))] for r in rows])
-    return write_report(out_dir, "eval", "Noise robustness", fig, notes, table)
+                                   for m in ("accuracy", "macro_f1", "balanced_accuracy")),
+               _with_ci(r.get("ece"), None)] for r in rows])
+    return write_report(out_dir, "eval", "Noise robustness", fig, notes, table, _calibration_sections(report))
+
+
+def _calibration_sections(report: Evaluation) -> list:
+    """The reliability diagram and the coverage curve at sigma 0, when eval.json has them."""
+    cal = report.calibration or {}
+    if not cal.get("reliability"):
+        return []
+    bins = cal["reliability"]
+    confidence = [b["confidence"] for b in bins]
+    reliability_fig = line_figure(confidence, {"accuracy": [b["accuracy"] for b in bins],
+                                               "perfect calibration": confidence},
+                                  title="Reliability at sigma 0 (calibrated probabilities)",
+                                  xlabel="mean top probability in the bin", ylabel="accuracy in the bin")
+    curve = cal["coverage"]
+    coverage_fig = line_figure([c["threshold"] for c in curve],
+                               {"share answered": [c["coverage"] for c in curve],
+                                "accuracy of the answers": [c["accuracy"] if c["accuracy"] is not None
+                                                            else float("nan") for c in curve]},
+                               title="Answering only when sure, at sigma 0",
+                               xlabel="abstention threshold on the top probability", ylabel="share / accuracy")
+    notes = [f"Temperature scaling (fitted on the val split): T = {cal['temperature']:.3f}. Expected calibration "
+             f"error {cal['ece']:.4f} with it, {cal['ece_uncalibrated']:.4f} without (15 equal-width bins of "
+             "confidence)."]
+    threshold = cal.get("abstain_below")
+    if threshold is not None:
+        at = max((c for c in curve if c["threshold"] <= threshold), key=lambda c: c["threshold"])
+        notes.append(f"The served model answers 'uncertain' below {threshold:g}: at {at['threshold']:g} it "
+                     f"answers {100 * at['coverage']:.1f}% of the images, "
+                     f"{_with_ci(at['accuracy'], None)} of them correctly.")
+    return [("Calibration", reliability_fig, notes),
+            ("Coverage against accuracy", coverage_fig, ["Images whose top probability is below the threshold "
+                                                         "get 'uncertain' instead of a class."])]
 
 
 RATE_LABELS = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV"}

@@ -20,12 +20,14 @@ import torch
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest, ModelMeta, Selection, TrainingHistory
 from entropy_ft.data.format import load_manifest, manifest_sha256
-from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig, make_loader
 from entropy_ft.errors import UserError
+from entropy_ft.evaluation.calibration import fit_temperature, nll, reliability, softmax
+from entropy_ft.evaluation.noise import predict
 from entropy_ft.logs import log
 from entropy_ft.model.factory import build_model, count_params, trainable_module_names
 from entropy_ft.model.model_dir import save_model_dir
-from entropy_ft.options import option
+from entropy_ft.options import fraction, option
 from entropy_ft.training.checkpoint import checkpoint_dir_for
 from entropy_ft.training.loop import EpochCallback, TrainConfig, TrainResult, train
 from entropy_ft.training.preemption import stop_on_sigterm
@@ -39,6 +41,10 @@ class Config(TrainConfig):
     selection: str = option(flag="SELECTION", help="selection.json (or its folder) from `entropy-ft select`")
     out: str = option(help="Model dir to write (local path or s3:// prefix)")
     resume: bool = option(False, help="continue from the checkpoint if there is one")
+    abstain_below: float | None = option(
+        None, check=fraction(0, 1), metavar="P",
+        help="the served model answers 'uncertain' when its top calibrated probability is below P (default: always "
+             "answers)")
     checkpoint_dir: str | None = option(
         None, help="where checkpoints go (default: $ENTROPY_FT_CHECKPOINT_ROOT/<key of OUT> if set, "
                    "else OUT/checkpoint)")
@@ -67,8 +73,9 @@ def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
         with stop_on_sigterm() as stop:
             result = train(model, arch, trainable, root, cfg, checkpoint_dir, cfg.resume, fingerprint, on_epoch_end,
                            stop)
+        calibration = calibrate(result.model, root, cfg, result.device)
         meta = model_meta(cfg, selection, classes, cfg.image_size or manifest.image_size, manifest.preprocessing,
-                          weights.as_dict(), data_sha, result, count_params(model))
+                          weights.as_dict(), data_sha, result, count_params(model), calibration)
     with storage.output_dir(cfg.out) as tmp:
         save_model_dir(tmp, result.model, meta)
         TrainingHistory(history=result.history, best_epoch=result.best_epoch).write(str(tmp))
@@ -90,8 +97,23 @@ def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
     }
 
 
+def calibrate(model, root, cfg: Config, device: str) -> dict:
+    """Temperature scaling fitted on the val split (fp32 logits of the kept model), with what it did to
+    the val NLL and ECE; and the abstention threshold the served model applies."""
+    val = make_loader(root, "val", LoaderConfig(cfg.batch_size * 2, 0, cfg.image_size, cfg.seed), train=False)
+    labels, logits = predict(model, val, torch.device(device), desc="calibrate")
+    temperature = fit_temperature(logits, labels)
+    before, _ = reliability(softmax(logits), labels)
+    after, _ = reliability(softmax(logits, temperature), labels)
+    log.info("temperature scaling on %d val images: T = %.3f, ECE %.3f -> %.3f, NLL %.3f -> %.3f", len(labels),
+             temperature, before, after, nll(logits, labels), nll(logits, labels, temperature))
+    return {"method": "temperature scaling", "fitted_on": "val", "val_images": int(len(labels)),
+            "temperature": temperature, "val_nll": [nll(logits, labels), nll(logits, labels, temperature)],
+            "val_ece": [before, after], "abstain_below": cfg.abstain_below}
+
+
 def model_meta(cfg: Config, selection: Selection, classes: list[str], image_size: int, ingest: dict, weights: dict,
-               data_sha: str, result: TrainResult, total_params: int) -> ModelMeta:
+               data_sha: str, result: TrainResult, total_params: int, calibration: dict | None = None) -> ModelMeta:
     """model.json content."""
     config = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
     config.update(device=result.device, precision=result.precision)
@@ -120,4 +142,5 @@ def model_meta(cfg: Config, selection: Selection, classes: list[str], image_size
         total_params=total_params,
         **weights,
         data_manifest_sha256=data_sha,
+        calibration=calibration,
     )

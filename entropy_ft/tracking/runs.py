@@ -338,6 +338,8 @@ def eval_metrics(evaluation: Mapping) -> dict[str, float]:
                 for end, bound in zip(("low", "high"), ci or ())})
     for name, rates in (evaluation.get("per_class") or {}).items():
         out.update({f"test_{rate}_{name}": (r or {}).get("value") for rate, r in rates.items()})
+    calibration = evaluation.get("calibration") or {}
+    out.update({f"test_{k}": calibration.get(k) for k in ("ece", "ece_uncalibrated", "temperature")})
     for row in evaluation.get("noise", []):
         out.update({f"test_{m}_sigma_{sigma_label(row['sigma'])}": row.get(m) for m in names if m in row})
     return {k: float(v) for k, v in out.items()

@@ -9,8 +9,9 @@ Input
         {"dataframe_split": {"columns": ["image"], "data": [["/9j/4AAQSkZJRg..."]]}}
 
 Output
-    A DataFrame with one row per image: ``predicted_class`` (the class name), then one float
-    column per class, named by the class, with its softmax probability (rows sum to 1).
+    A DataFrame with one row per image: ``predicted_class`` (the class name, or ``uncertain`` when
+    the model was trained with ``--abstain-below P`` and its top probability is below P), then one float
+    column per class, named by the class, with its calibrated probability (rows sum to 1).
 
 Every image goes through the same steps as training data: the ingest preprocessing of the
 Dataset the model was trained on (recorded in model.json), replication of grayscale to three
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 PREDICTED = "predicted_class"
+UNCERTAIN = "uncertain"  # the answer below the model's abstention threshold
 IMAGE_COLUMN = "image"
 BATCH = 64
 
@@ -49,24 +51,36 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         images = list(model_input[IMAGE_COLUMN])
         probs = predict_proba(self.model, self.meta, images)
         frame = pd.DataFrame(probs, columns=self.classes)
-        frame.insert(0, PREDICTED, [self.classes[i] for i in probs.argmax(axis=1)] if len(probs) else [])
+        threshold = (self.meta.get("calibration") or {}).get("abstain_below")
+        frame.insert(0, PREDICTED, answers(probs, self.classes, threshold))
         return frame
 
 
+def answers(probs: np.ndarray, classes: list[str], abstain_below: float | None) -> list[str]:
+    """The top class per row, or ``uncertain`` where the top probability is below ``abstain_below``."""
+    if not len(probs):
+        return []
+    top = probs.argmax(axis=1)
+    sure = probs.max(axis=1) >= (abstain_below or 0.0)
+    return [classes[k] if ok else UNCERTAIN for k, ok in zip(top, sure)]
+
+
 def predict_proba(model, meta: dict, images: list[bytes]) -> np.ndarray:
-    """Softmax probabilities (N x classes) for encoded images, in batches, on the CPU."""
+    """Calibrated probabilities (N x classes) for encoded images, in batches, on the CPU: the softmax of
+    the logits divided by the temperature fitted on the validation split (1 for a model without one)."""
     import torch
 
     from entropy_ft.data.loader import to_model_input
 
     size = int(meta["preprocessing"]["image_size"])
+    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
     out = [np.empty((0, len(meta["classes"])), dtype=np.float64)]
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
             batch = torch.stack([model_pixels(data, meta["preprocessing"], size) for data in chunk])
             logits = model(to_model_input(batch, torch.device("cpu"), channels_last=False))
-            out.append(torch.softmax(logits.float(), dim=1).double().numpy())
+            out.append(torch.softmax(logits.float() / temperature, dim=1).double().numpy())
     return np.concatenate(out)
 
 
