@@ -98,14 +98,15 @@ def svg_text(fig: Figure) -> str:
     return text[text.index("<svg") :]
 
 
-Section = tuple[str, Figure, Sequence[str]]  # heading, figure, notes: a further part of a report page
+Table = tuple[Sequence[str], Sequence[Sequence[object]]]  # header, rows
+Section = tuple[str, "Figure | Table", Sequence[str]]  # heading, a figure or a table, notes: a further part of a page
 
 
 def html_page(
     title: str,
     fig: Figure,
     notes: Sequence[str] = (),
-    table: tuple[Sequence[str], Sequence[Sequence[object]]] | None = None,
+    table: Table | None = None,
     sections: Sequence[Section] = (),
 ) -> str:
     """A self-contained HTML page: title, notes, the figure inline as SVG, an optional table, then
@@ -123,16 +124,19 @@ def html_page(
         svg_text(fig),
     ]
     if table is not None:
-        headers, rows = table
-        header_cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-        parts.append("<table><thead><tr>" + header_cells + "</tr></thead><tbody>")
-        parts.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append("</tbody></table>")
-    for heading, section_fig, section_notes in sections:
+        parts.append(_table_html(table))
+    for heading, body, section_notes in sections:
         parts += [f"<h2>{html.escape(heading)}</h2>", *(f"<p>{html.escape(n)}</p>" for n in section_notes),
-                  svg_text(section_fig)]
+                  svg_text(body) if isinstance(body, Figure) else _table_html(body)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _table_html(table: Table) -> str:
+    headers, rows = table
+    header_cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{header_cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_report(
@@ -141,7 +145,7 @@ def write_report(
     title: str,
     fig: Figure,
     notes: Sequence[str] = (),
-    table: tuple[Sequence[str], Sequence[Sequence[object]]] | None = None,
+    table: Table | None = None,
     sections: Sequence[Section] = (),
 ) -> dict[str, str]:
     """Write ``stem.html`` and ``stem.png`` (the main figure) into a (staging) directory; returns their file names."""

@@ -114,14 +114,17 @@ def write_plot(out_dir, report: Evaluation) -> dict[str, str]:
     )
     notes = [f"Model {report.model}, {report.num_images} {report.split} images, noise seed {report.seed}. "
              "Brackets: 95% confidence intervals (bootstrap over images; Wilson intervals for the per-class rates)."]
-    notes += [f"{name} at sigma 0: " + ", ".join(f"{label} {_with_ci(rates[key]['value'], rates[key]['ci'])}"
-                                                 for key, label in RATE_LABELS.items())
-              for name, rates in (report.per_class or {}).items()]
     table = (["sigma", "accuracy", "macro-F1", "balanced accuracy", "ECE"],
              [[f"{r['sigma']:g}", *(_with_ci(r[m], (r.get("ci") or {}).get(m))
                                    for m in ("accuracy", "macro_f1", "balanced_accuracy")),
                _with_ci(r.get("ece"), None)] for r in rows])
-    return write_report(out_dir, "eval", "Noise robustness", fig, notes, table, _calibration_sections(report))
+    per_class = (["class", *RATE_LABELS.values()],
+                 [[name, *(_with_ci(rates[key]["value"], rates[key]["ci"]) for key in RATE_LABELS)]
+                  for name, rates in (report.per_class or {}).items()])
+    sections = [("Per class at sigma 0", per_class, ["One class against the rest; Wilson 95% intervals. n/a: no "
+                                                     "images to count (for example PPV of a class never predicted)."]),
+                *_calibration_sections(report)]
+    return write_report(out_dir, "eval", "Noise robustness", fig, notes, table, sections)
 
 
 def _calibration_sections(report: Evaluation) -> list:
@@ -129,12 +132,15 @@ def _calibration_sections(report: Evaluation) -> list:
     cal = report.calibration or {}
     if not cal.get("reliability"):
         return []
-    bins = cal["reliability"]
-    confidence = [b["confidence"] for b in bins]
-    reliability_fig = line_figure(confidence, {"accuracy": [b["accuracy"] for b in bins],
-                                               "perfect calibration": confidence},
+    by_bin = {round(b["low"], 6): b for b in cal["reliability"]}
+    width = cal["reliability"][0]["high"] - cal["reliability"][0]["low"]
+    lows = [round(k * width, 6) for k in range(round(1 / width))]
+    mids = [low + width / 2 for low in lows]
+    reliability_fig = line_figure(mids, {"accuracy in the bin": [by_bin[low]["accuracy"] if low in by_bin
+                                                                 else float("nan") for low in lows],
+                                         "perfect calibration": mids},
                                   title="Reliability at sigma 0 (calibrated probabilities)",
-                                  xlabel="mean top probability in the bin", ylabel="accuracy in the bin")
+                                  xlabel="top probability (bin centre)", ylabel="accuracy")
     curve = cal["coverage"]
     coverage_fig = line_figure([c["threshold"] for c in curve],
                                {"share answered": [c["coverage"] for c in curve],

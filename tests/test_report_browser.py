@@ -1,0 +1,49 @@
+"""eval.html as a reader sees it: rendered by a real headless Chromium, not only read as text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+from selection_factory import write_selection
+
+from entropy_ft.cli import main
+from entropy_ft.plots import LINE_COLORS
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is missing under CI=true; .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def test_eval_html_renders_its_sections_in_a_headless_browser(synthetic_dataset, tmp_path):
+    browser = _chromium()
+    selection = write_selection(tmp_path / "selection.json", "resnet18", "head")
+    assert main(["finetune", str(synthetic_dataset), str(selection), "--out", str(tmp_path / "model"), "--epochs", "1",
+                 "--batch-size", "32", "--precision", "fp32", "--device", "cpu", "--abstain-below", "0.5"]) == 0
+    assert main(["evaluate", str(tmp_path / "model"), str(synthetic_dataset), "--out", str(tmp_path / "eval"),
+                 "--noise", "0,0.2"]) == 0
+    page = (tmp_path / "eval" / "eval.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    for heading in ("Noise robustness", "Per class at sigma 0", "Calibration", "Coverage against accuracy"):
+        assert heading in dom, heading
+    assert dom.count("<svg") == 3 and dom.count("<table>") == 2
+    assert "answers 'uncertain' below 0.5" in dom and "sensitivity" in dom and "[" in dom  # CIs in brackets
+    shot = tmp_path / "eval.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,2400", page], capture_output=True,
+                   timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (2400, 1000, 3)
+    for colour in LINE_COLORS[:2]:  # the charts' first two line colours: the SVG figures were drawn
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).sum(axis=2) < 30).sum() > 200, colour
+    assert (pixels.sum(axis=2) < 200).mean() > 0.005  # and dark text
