@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from selection_factory import CLASSES, selection_doc
@@ -192,26 +194,28 @@ def _kill_after_epoch(n: int):
     return on_epoch_end
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1"])  # BatchNorm statistics; dropout RNG
-def test_resumed_run_ends_with_bit_identical_weights(arch, synthetic_dataset, tmp_path):
+@pytest.mark.parametrize(("arch", "noise"), [("resnet18", 0.0), ("squeezenet1_1", 0.0), ("resnet18", 0.3)])
+def test_resumed_run_ends_with_bit_identical_weights(arch, noise, synthetic_dataset, tmp_path):
+    """BatchNorm statistics, dropout RNG, and the per-image training noise all resume exactly."""
     sel = selection_doc(arch, "alternate")
+    recipe = dataclasses.replace(RESUME, train_noise=noise, train_noise_p=1.0)
 
     def fresh() -> nn.Module:
         return _model(arch, "alternate", seed=1)[0]
 
-    reference = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME)
+    reference = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe)
 
     ckpt = str(tmp_path / "ckpt")
     fp = {"test": arch}
     with pytest.raises(Preempted) as preempted:  # SIGTERM in the middle of epoch 1 (8 batches per epoch)
-        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, fingerprint=fp,
+        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe, ckpt, fingerprint=fp,
               stop=StopAfter(4))
     assert preempted.value.code == 143
     assert load_checkpoint(ckpt, {})["batches_done"] == 4
     with pytest.raises(Killed):  # killed right after epoch 2's checkpoint
-        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, resume=True, fingerprint=fp,
+        train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe, ckpt, resume=True, fingerprint=fp,
               on_epoch_end=_kill_after_epoch(2))
-    resumed = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, RESUME, ckpt, resume=True,
+    resumed = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe, ckpt, resume=True,
                     fingerprint=fp)
 
     assert resumed.best_epoch == reference.best_epoch
@@ -229,3 +233,16 @@ def test_resume_refuses_a_checkpoint_from_another_recipe(tmp_path):
         load_checkpoint(str(tmp_path), {"lr": 0.01, "seed": 0})
     assert load_checkpoint(str(tmp_path / "none"), {"lr": 0.01}) is None
     assert load_checkpoint(str(tmp_path), {"lr": 0.001})["epoch"] == 1
+
+
+def test_train_noise_is_a_function_of_seed_epoch_and_batch():
+    from entropy_ft.data.resumable import train_noise
+
+    sigmas, g = train_noise(3, 1, 5, 1000, 0.4, 0.5)
+    again, g2 = train_noise(3, 1, 5, 1000, 0.4, 0.5)
+    assert torch.equal(sigmas, again) and torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=g2))
+    assert not torch.equal(sigmas, train_noise(3, 1, 6, 1000, 0.4, 0.5)[0])  # another batch, other draws
+    noisy = sigmas[sigmas > 0]
+    assert 0.4 < len(noisy) / 1000 < 0.6 and noisy.max() <= 0.4 and 0.17 < noisy.mean() < 0.23
+    with pytest.raises(UserError, match="--train-noise -1: expected 0 to 1"):
+        TrainConfig(train_noise=-1)

@@ -143,14 +143,18 @@ def to_model_input(
     batch: torch.Tensor,
     device: torch.device,
     channels_last: bool = True,
-    noise_sigma: float = 0.0,
+    noise_sigma: float | torch.Tensor = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 Bx3xHxW -> float, optional Gaussian noise on [0, 1] pixels (clipped), ImageNet-normalised."""
+    """uint8 Bx3xHxW -> float, optional Gaussian noise on [0, 1] pixels (clipped), ImageNet-normalised.
+
+    ``noise_sigma`` is one sigma for the batch, or a (B,) tensor of one sigma per image."""
     x = batch.to(device, non_blocking=True).float().div_(255.0)
-    if noise_sigma > 0:
+    sigma = noise_sigma if isinstance(noise_sigma, torch.Tensor) else torch.tensor(float(noise_sigma))
+    if bool((sigma > 0).any()):
         noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x = (x + noise.to(x.device) * noise_sigma).clamp_(0.0, 1.0)
+        scale = sigma.to(x.device, torch.float32).view(-1, 1, 1, 1) if sigma.ndim else sigma.to(x.device)
+        x = (x + noise.to(x.device) * scale).clamp_(0.0, 1.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std

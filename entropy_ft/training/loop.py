@@ -39,14 +39,14 @@ from torch import nn
 from entropy_ft import storage
 from entropy_ft.data.decode_pool import default_workers
 from entropy_ft.data.loader import LoaderConfig, make_loader, to_model_input
-from entropy_ft.data.resumable import epoch_seed, make_train_loader
+from entropy_ft.data.resumable import epoch_seed, make_train_loader, train_noise
 from entropy_ft.device import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from entropy_ft.evaluation.noise import predict
 from entropy_ft.logs import log, progress_bar
 from entropy_ft.model.freezing import apply_selection, split_frozen_prefix
-from entropy_ft.options import IMAGE_SIZE, Options, at_least, below, fraction, option
+from entropy_ft.options import IMAGE_SIZE, Options, at_least, below, between, fraction, option
 from entropy_ft.training.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from entropy_ft.training.preemption import Preempted, StopFlag
 
@@ -69,6 +69,11 @@ class TrainConfig(Options):
     seed: int = option(0, help="seed of the head's init, the shuffle and the augmentation")
     image_size: int | None = option(None, check=IMAGE_SIZE, help="model input side in pixels (default: the dataset's)")
     augment: bool = option(True, flag="--no-augment", help="train without augmentation")
+    train_noise: float = option(0.0, check=between(0, 1), metavar="SIGMA_MAX",
+                                help="Gaussian pixel noise while training: sigma ~ U(0, SIGMA_MAX) per image on [0, 1] "
+                                     "pixels, clipped (0: none)")
+    train_noise_p: float = option(0.5, check=between(0, 1), metavar="P",
+                                  help="share of training images that get --train-noise")
     device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 on GPUs and CPUs with native bf16, fp16 AMP on older GPUs, else fp32")
@@ -281,7 +286,12 @@ def _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler, 
     correct = torch.zeros((), device=device, dtype=torch.int64)
     try:
         for images, labels in loader:
-            x = to_model_input(images, device)
+            if cfg.train_noise > 0:
+                sigmas, g = train_noise(cfg.seed, state.epoch, state.batches_done, len(images), cfg.train_noise,
+                                        cfg.train_noise_p)
+                x = to_model_input(images, device, noise_sigma=sigmas, generator=g)
+            else:
+                x = to_model_input(images, device)
             y = labels.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = staged(x)
