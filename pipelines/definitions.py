@@ -112,6 +112,7 @@ PARAMS: list[Param] = [
     Param("epochs", finetune_step.Config, "epochs"),
     Param("lr", finetune_step.Config, "lr"),
     Param("batch_size", finetune_step.Config, "batch_size"),
+    Param("train_noise", finetune_step.Config, "train_noise"),
     Param("noise", evaluate_step.Config, "noise"),
     Param("model_name", register_step.Config, "model_name", pipelines=("training",)),
     Param("promote", register_step.Config, "promote", pipelines=("training",)),
@@ -245,8 +246,8 @@ def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str
     run_id, run_name = (dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER) if track else ("", "")
     sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, seed=p.seed)
     ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs, lr=p.lr,
-                       batch_size=p.batch_size, seed=p.seed, track=track, kfp_run_id=run_id, kfp_run_name=run_name,
-                       pipeline_name=pipeline_name)
+                       batch_size=p.batch_size, train_noise=p.train_noise, seed=p.seed, track=track,
+                       kfp_run_id=run_id, kfp_run_name=run_name, pipeline_name=pipeline_name)
     ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
     return sel, ft, ev
 

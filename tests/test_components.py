@@ -46,8 +46,9 @@ def chain(tmp_path_factory) -> dict:
         chart=out["select_chart"], metrics=out["select_metrics"])
     out["model"], out["finetune_metrics"] = _artifact(dsl.Model, tmp / "model"), _artifact(dsl.Metrics, tmp / "m-4")
     out["finetune_return"] = C["finetune"].python_func(
-        dataset=out["dataset"], selection=out["selection"], epochs=1, lr=1e-3, batch_size=32, seed=0, track=False,
-        kfp_run_id="", kfp_run_name="", pipeline_name="test", model=out["model"], metrics=out["finetune_metrics"])
+        dataset=out["dataset"], selection=out["selection"], epochs=1, lr=1e-3, batch_size=32, train_noise=0.2, seed=0,
+        track=False, kfp_run_id="", kfp_run_name="", pipeline_name="test", model=out["model"],
+        metrics=out["finetune_metrics"])
     out["evaluation"] = _artifact(dsl.Artifact, tmp / "evaluation")
     out["eval_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-5")
     out["eval_plot"], out["confusion"] = _artifact(dsl.HTML, tmp / "e.html"), dsl.ClassificationMetrics()
@@ -88,6 +89,8 @@ def test_finetune_writes_a_model_dir_and_no_mlflow_run_when_not_tracking(chain):
     model = Path(chain["model"].path)
     assert {"weights.safetensors", "model.json", "history.json"} <= {p.name for p in model.iterdir()}
     assert chain["finetune_metrics"].metadata["epochs_run"] == 1
+    config = json.loads((model / "model.json").read_text())["training"]["config"]
+    assert config["train_noise"] == 0.2 and config["train_noise_p"] == 0.5  # the pipeline's noise reached training
     assert chain["model"].metadata["strategy"] == "head"
 
 
