@@ -92,33 +92,27 @@ class Param:
             opt.validate(self.flag, opt.parse(value) if opt.parse and isinstance(value, str) else value)
 
 
+def _same(config: type, *fields: str, **kwargs) -> list[Param]:
+    """Parameters named like the stage fields they feed."""
+    return [Param(name, config, name, **kwargs) for name in fields]
+
+
 PARAMS: list[Param] = [
     Param("data", ingest_step.Config, "sources", default="synthetic:400",
           help="data source(s), comma-separated: dir, .zip, .tar[.gz], s3://..., synthetic:N"),
-    Param("layout", ingest_step.Config, "layout"),
-    Param("image_size", ingest_step.Config, "image_size"),
-    Param("duplicates", ingest_step.Config, "duplicates"),
-    Param("arch", profile_step.Config, "arch"),
-    Param("weights", profile_step.Config, "weights"),
+    *_same(ingest_step.Config, "layout", "image_size", "duplicates"),
+    *_same(profile_step.Config, "arch", "weights"),
     Param("profile_images", profile_step.Config, "images"),
-    Param("bins", profile_step.Config, "bins"),
-    Param("estimator", profile_step.Config, "estimator"),
-    Param("tap", profile_step.Config, "tap"),
+    *_same(profile_step.Config, "bins", "estimator", "tap"),
     Param("strategy", select_step.Config, "strategy", pipelines=("training",)),
     Param("strategies", select_step.Config, "strategy", pipelines=("ablation",), many=True,
           help="strategies compared side by side, comma-separated"),
     Param("rule", select_step.Config, "rule", default=DEFAULT_RULE),
     Param("seed", ingest_step.Config, "seed", help="seed for splits, profile subset, selection, training and noise"),
-    Param("epochs", finetune_step.Config, "epochs"),
-    Param("lr", finetune_step.Config, "lr"),
-    Param("batch_size", finetune_step.Config, "batch_size"),
-    Param("train_noise", finetune_step.Config, "train_noise"),
-    Param("noise", evaluate_step.Config, "noise"),
-    Param("model_name", register_step.Config, "model_name", pipelines=("training",)),
-    Param("promote", register_step.Config, "promote", pipelines=("training",)),
-    Param("gate_metric", register_step.Config, "gate_metric", pipelines=("training",)),
-    Param("gate_alpha", register_step.Config, "gate_alpha", pipelines=("training",)),
-    Param("gate_min_delta", register_step.Config, "gate_min_delta", pipelines=("training",)),
+    *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise"),
+    *_same(evaluate_step.Config, "noise"),
+    *_same(register_step.Config, "model_name", "promote", "gate_metric", "gate_alpha", "gate_min_delta",
+           pipelines=("training",)),
 ]
 
 
