@@ -248,6 +248,16 @@ class ModelMeta(Artifact, file="model.json", producer="finetune"):
     def image_size(self) -> int:
         return int(self.preprocessing["image_size"])
 
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax (1 for a model without calibration)."""
+        return float((self.calibration or {}).get("temperature", 1.0))
+
+    @property
+    def abstain_below(self) -> float | None:
+        """The top probability below which the served model answers ``uncertain`` (None: always answers)."""
+        return (self.calibration or {}).get("abstain_below")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingHistory(Artifact, file="history.json", producer="finetune"):

@@ -55,7 +55,8 @@ class Option:
             raise UserError(f"{flag} {value}: expected one of {', '.join(self.choices)}")
         problem = self.check(value) if self.check else None
         if problem:
-            raise UserError(f"{flag} {show(value)}: {problem}")
+            shown = show(value)
+            raise UserError(f"{flag} {shown}: {problem}" if shown else f"{flag}: {problem}")
 
 
 def option(default: Any = MISSING, *, help: str, **kwargs: Any) -> Any:

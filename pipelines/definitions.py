@@ -85,11 +85,17 @@ class Param:
                 opt.validate(self.flag, item)
             if not value:
                 raise UserError(f"{self.flag}: give at least one of {', '.join(opt.choices)}")
-        elif self.field == "sources":
-            if not csv(value):
-                raise UserError(f"{self.flag}: give at least one source")
         else:
-            opt.validate(self.flag, opt.parse(value) if opt.parse and isinstance(value, str) else value)
+            opt.validate(self.flag, self._stage_value(value))
+
+    def _stage_value(self, value: Any) -> Any:
+        """A pipeline argument as the stage's field holds it: comma-separated text becomes the field's list."""
+        opt = self.option
+        if not isinstance(value, str):
+            return value
+        if opt.parse:
+            return opt.parse(value)
+        return csv(value) if opt.nargs else value
 
 
 def _same(config: type, *fields: str, **kwargs) -> list[Param]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from entropy_ft.errors import UserError
 from entropy_ft.kfp_outputs import ERROR_DIR_ENV
 from entropy_ft.logs import log
+from entropy_ft.model.factory import weights_problem
 from entropy_ft.options import Options, csv, option
 
 from . import pipeline_option
@@ -89,11 +90,11 @@ def local_inputs(arguments: dict) -> dict:
                 source = str(Path(source).resolve())
             sources.append(source)
         out["data"] = ",".join(sources)
-    weights = str(out.get("weights", "imagenet"))
-    if "weights" in out and weights not in ("imagenet", "none") and not weights.startswith("s3://"):
-        if not Path(weights).is_file():
-            raise UserError(f"--weights {weights}: not 'imagenet', 'none', an s3:// URI or an existing file")
-        out["weights"] = str(Path(weights).resolve())
+    if "weights" in out:
+        if problem := weights_problem(str(out["weights"])):
+            raise UserError(problem)
+        if Path(out["weights"]).is_file():
+            out["weights"] = str(Path(out["weights"]).resolve())
     return out
 
 

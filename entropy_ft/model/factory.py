@@ -74,11 +74,19 @@ def build_model(arch: str, num_classes: int, weights: str) -> tuple[nn.Module, W
     return model, WeightsInfo(weights, sha)
 
 
+def weights_problem(weights: str) -> str | None:
+    """Why ``--weights`` names no source this machine can load, or None: ``imagenet``, ``none``, an
+    ``s3://`` URI (checked when read) or an existing local file."""
+    if weights in ("imagenet", "none") or storage.is_s3(weights) or Path(weights).is_file():
+        return None
+    return f"--weights {weights}: not 'imagenet', 'none', an existing file or an s3:// URI"
+
+
 def _load_state_dict(arch: str, weights: str) -> tuple[Mapping[str, torch.Tensor], str]:
     if weights == "imagenet":
         return _imagenet_state_dict(arch)
-    if not storage.is_s3(weights) and not Path(weights).is_file():
-        raise UserError(f"--weights {weights}: not 'imagenet', 'none', an existing file or an s3:// URI")
+    if problem := weights_problem(weights):
+        raise UserError(problem)
     data = storage.read_bytes(weights)
     return parse_state_dict(data, weights), storage.sha256_bytes(data)
 

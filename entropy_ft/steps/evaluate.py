@@ -54,8 +54,7 @@ def run(cfg: Config) -> dict:
                              train=False)
         if len(loader.dataset) == 0:
             raise UserError(f"{cfg.dataset}: the {cfg.split} split has no images")
-        calibration = meta.calibration or {}
-        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, calibration.get("temperature", 1.0))
+        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, meta.temperature)
         report = eval_report(cfg, meta, classes, manifest_sha256(root), len(loader.dataset), rows)
     with storage.output_dir(cfg.out) as tmp:
         report.write(str(tmp))
@@ -92,8 +91,7 @@ def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str,
         trainable_params=meta.trainable_params,
         reduction_vs_full=meta.selection.get("reduction_vs_full"),
         **{k: clean[k] for k in METRIC_KEYS},
-        calibration={"temperature": (meta.calibration or {}).get("temperature", 1.0),
-                     "abstain_below": (meta.calibration or {}).get("abstain_below"),
+        calibration={"temperature": meta.temperature, "abstain_below": meta.abstain_below,
                      "ece": clean["ece"], "ece_uncalibrated": clean["ece_uncalibrated"],
                      "reliability": clean["reliability"], "coverage": clean["coverage"]},
         noise=rows,

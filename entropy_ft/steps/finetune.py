@@ -20,7 +20,7 @@ import torch
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest, ModelMeta, Selection, TrainingHistory
 from entropy_ft.data.format import load_manifest, manifest_sha256
-from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig, make_loader
+from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.calibration import fit_temperature, nll, reliability, softmax
 from entropy_ft.evaluation.noise import predict
@@ -29,7 +29,7 @@ from entropy_ft.model.factory import build_model, count_params, trainable_module
 from entropy_ft.model.model_dir import save_model_dir
 from entropy_ft.options import fraction, option
 from entropy_ft.training.checkpoint import checkpoint_dir_for
-from entropy_ft.training.loop import EpochCallback, TrainConfig, TrainResult, train
+from entropy_ft.training.loop import EpochCallback, TrainConfig, TrainResult, train, validation_loader
 from entropy_ft.training.preemption import stop_on_sigterm
 
 MODEL_INPUT = "uint8 HxW or HxWx3 pixels, resized to image_size, replicated to 3 channels, /255, ImageNet mean/std"
@@ -100,8 +100,7 @@ def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
 def calibrate(model, root, cfg: Config, device: str) -> dict:
     """Temperature scaling fitted on the val split (fp32 logits of the kept model), with what it did to
     the val NLL and ECE; and the abstention threshold the served model applies."""
-    val = make_loader(root, "val", LoaderConfig(cfg.batch_size * 2, 0, cfg.image_size, cfg.seed), train=False)
-    labels, logits = predict(model, val, torch.device(device), desc="calibrate")
+    labels, logits = predict(model, validation_loader(root, cfg), torch.device(device), desc="calibrate")
     temperature = fit_temperature(logits, labels)
     before, _ = reliability(softmax(logits), labels)
     after, _ = reliability(softmax(logits, temperature), labels)

@@ -35,7 +35,7 @@ SHARD_MAX_BYTES = 64 << 20
 @dataclass(frozen=True, kw_only=True)
 class Config(Options):
     sources: tuple[str, ...] = option(
-        flag="SOURCE", nargs="+",
+        flag="SOURCE", nargs="+", check=lambda sources: None if sources else "give at least one source",
         help="folder, .zip, .tar[.gz], s3://bucket/prefix (files or one archive), or synthetic:N")
     out: str = option(help="output directory or s3:// prefix")
     layout: str = option("auto", choices=LAYOUTS, help="how the sources are organised")
@@ -56,8 +56,6 @@ class Config(Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.sources:
-            raise UserError("ingest needs at least one SOURCE")
         parse_class_map(self.class_map)
 
 

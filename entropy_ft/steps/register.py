@@ -110,6 +110,7 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
     run_name = cfg.run_name or default_name
     tags = tracking.pipeline_tags(cfg.kfp_run_id, cfg.kfp_run_name, cfg.pipeline_name)
     run_id = tracking.ensure_run(cfg.run_id, run_name, tags)
+    data_uri = DatasetManifest.folder_of(dataset.origin.uri) if dataset is not None else None
     with tracking.active_run(run_id):
         tracking.log_params(run_id, tracking.run_params(profile=profile, selection=selection, model_meta=meta))
         for name, doc, uri in (("profile", profile, cfg.profile and Profile.file_in(cfg.profile)),
@@ -119,7 +120,6 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
             _log_sibling_png(run_id, uri, name)
         metrics = tracking.log_evaluation(run_id, evaluation)
         if dataset is not None:
-            data_uri = DatasetManifest.folder_of(dataset.origin.uri)
             tracking.log_dataset_splits(run_id, data_uri, dataset.totals or {}, dataset.counts or {},
                                         dataset.origin.sha256)
         _log_sibling_png(run_id, Evaluation.file_in(cfg.eval), "eval")
@@ -144,8 +144,7 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
         gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
                 "promoted": decision.promote, "reason": decision.reason}
         card = model_card(cfg.model_name, version, meta, evaluation, gate, *(
-            (dataset.to_json(), DatasetManifest.folder_of(dataset.origin.uri), dataset.origin.sha256)
-            if dataset is not None else ()))
+            (dataset.to_json(), data_uri, dataset.origin.sha256) if dataset is not None else ()))
         client.update_model_version(cfg.model_name, version, description=tracking.redact(card))
         tracking.set_description(run_id, card)
         registry.set_aliases(client, cfg.model_name, version, decision.promote)

@@ -31,6 +31,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from entropy_ft.artifacts import ModelMeta
+
 PREDICTED = "predicted_class"
 UNCERTAIN = "uncertain"  # the answer below the model's abstention threshold
 IMAGE_COLUMN = "image"
@@ -44,15 +46,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         from entropy_ft.model.model_dir import load_model_dir
 
         self.model, meta = load_model_dir(context.artifacts["model_dir"], "cpu")
-        self.meta = meta.to_json()
-        self.classes = list(self.meta["classes"])
+        self.meta = meta
+        self.classes = list(meta.classes)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         images = list(model_input[IMAGE_COLUMN])
         probs = predict_proba(self.model, self.meta, images)
         frame = pd.DataFrame(probs, columns=self.classes)
-        threshold = (self.meta.get("calibration") or {}).get("abstain_below")
-        frame.insert(0, PREDICTED, answers(probs, self.classes, threshold))
+        frame.insert(0, PREDICTED, answers(probs, self.classes, self.meta.abstain_below))
         return frame
 
 
@@ -65,22 +66,20 @@ def answers(probs: np.ndarray, classes: list[str], abstain_below: float | None) 
     return [classes[k] if ok else UNCERTAIN for k, ok in zip(top, sure)]
 
 
-def predict_proba(model, meta: dict, images: list[bytes]) -> np.ndarray:
+def predict_proba(model, meta: ModelMeta, images: list[bytes]) -> np.ndarray:
     """Calibrated probabilities (N x classes) for encoded images, in batches, on the CPU: the softmax of
     the logits divided by the temperature fitted on the validation split (1 for a model without one)."""
     import torch
 
     from entropy_ft.data.loader import to_model_input
 
-    size = int(meta["preprocessing"]["image_size"])
-    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
-    out = [np.empty((0, len(meta["classes"])), dtype=np.float64)]
+    out = [np.empty((0, len(meta.classes)), dtype=np.float64)]
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
-            batch = torch.stack([model_pixels(data, meta["preprocessing"], size) for data in chunk])
+            batch = torch.stack([model_pixels(data, meta.preprocessing, meta.image_size) for data in chunk])
             logits = model(to_model_input(batch, torch.device("cpu"), channels_last=False))
-            out.append(torch.softmax(logits.float() / temperature, dim=1).double().numpy())
+            out.append(torch.softmax(logits.float() / meta.temperature, dim=1).double().numpy())
     return np.concatenate(out)
 
 

@@ -115,6 +115,12 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam
     )
 
 
+def validation_loader(data_root: str | Path, cfg: TrainConfig, workers: int = 0):
+    """The val split in order, at the training input size: model selection and calibration read it alike."""
+    return make_loader(data_root, "val", LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed),
+                       train=False)
+
+
 def loader_workers(device: torch.device) -> int:
     """DataLoader workers when not given: none on the CPU (compute threads use every core), up to 8 feeding a GPU."""
     return min(8, default_workers()) if device.type == "cuda" else 0
@@ -159,8 +165,7 @@ def train(
     staged = split_frozen_prefix(model, arch)
     workers = cfg.num_workers if cfg.num_workers is not None else loader_workers(device)
     loader, sampler = make_train_loader(data_root, cfg.batch_size, cfg.seed, workers, cfg.image_size, cfg.augment)
-    val_cfg = LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed)
-    val_loader = make_loader(data_root, "val", val_cfg, train=False)
+    val_loader = validation_loader(data_root, cfg, workers)
     if len(sampler) == 0 or len(val_loader.dataset) == 0:
         raise UserError(f"{data_root}: training needs images in both the train and the val split")
     steps_per_epoch = len(loader)
