@@ -3,7 +3,7 @@
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 
-def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int,
+def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int, extends: str,
            dataset: Output[Dataset], report: Output[Markdown], metrics: Output[Metrics]):
     """Ingest the sources into Parquet shards with a manifest.
 
@@ -12,7 +12,8 @@ def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int,
         layout: how the sources are organised (auto, kaggle, brisc2025, imagefolder).
         image_size: square side in pixels after preprocessing.
         duplicates: what to do with duplicate groups that cross splits (report, drop, fail).
-        seed: seed of the carved splits.
+        seed: seed of the split assignment.
+        extends: an earlier dataset whose images keep their splits ("" for none).
         dataset: the Dataset artifact (Parquet shards and manifest.json).
         report: images per split and class, duplicates and quarantine.
         metrics: the step's summary numbers.
@@ -26,7 +27,8 @@ def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int,
     from entropy_ft.steps import ingest as step
 
     summary = kfp_outputs.run_step(step, "ingest", sources=csv(data), out=dataset.path, layout=layout,
-                                   image_size=image_size, duplicates=duplicates, seed=seed)
+                                   image_size=image_size, duplicates=duplicates, seed=seed,
+                                   extends=extends or None)
     Path(report.path).write_text(dataset_markdown(load_manifest(dataset.path)))
     kfp_outputs.log_numbers(metrics, summary)
     dataset.metadata.update({"classes": summary["classes"], "totals": summary["totals"]})

@@ -107,6 +107,8 @@ PARAMS: list[Param] = [
     Param("data", ingest_step.Config, "sources", default="synthetic:400",
           help="data source(s), comma-separated: dir, .zip, .tar[.gz], s3://..., synthetic:N"),
     *_same(ingest_step.Config, "layout", "image_size", "duplicates"),
+    Param("extends", ingest_step.Config, "extends", default="",
+          help="an earlier dataset (a Dataset artifact's URI, folder or s3://) whose images keep their splits"),
     *_same(profile_step.Config, "arch", "weights"),
     Param("profile_images", profile_step.Config, "images"),
     *_same(profile_step.Config, "bins", "estimator", "tap"),
@@ -234,7 +236,8 @@ def build(pipeline: str, opts: ClusterOptions | None = None, cache: bool = True)
 
 def _ingest_and_profile(c: dict, p: SimpleNamespace):
     """The tasks both pipelines start with."""
-    ing = c["ingest"](data=p.data, layout=p.layout, image_size=p.image_size, duplicates=p.duplicates, seed=p.seed)
+    ing = c["ingest"](data=p.data, layout=p.layout, image_size=p.image_size, duplicates=p.duplicates, seed=p.seed,
+                      extends=p.extends)
     prof = c["profile"](dataset=ing.outputs["dataset"], arch=p.arch, weights=p.weights, images=p.profile_images,
                         bins=p.bins, estimator=p.estimator, tap=p.tap, seed=p.seed)
     return ing, prof

@@ -90,6 +90,10 @@ def local_inputs(arguments: dict) -> dict:
                 source = str(Path(source).resolve())
             sources.append(source)
         out["data"] = ",".join(sources)
+    if out.get("extends") and not out["extends"].startswith("s3://"):
+        if not Path(out["extends"]).exists():
+            raise UserError(f"--extends {out['extends']}: no such dataset folder")
+        out["extends"] = str(Path(out["extends"]).resolve())
     if "weights" in out:
         if problem := weights_problem(str(out["weights"])):
             raise UserError(problem)

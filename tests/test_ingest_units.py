@@ -1,4 +1,4 @@
-"""Ingestion's pure parts: decoding any mode to 8 bits, pad-not-crop, hashes, duplicate pairs, drop plan, carving."""
+"""Ingestion's pure parts: decoding any mode to 8 bits, pad-not-crop, hashes, duplicate pairs, drop plan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from PIL import Image
 from entropy_ft.data import dedup, quarantine
 from entropy_ft.data.layouts import canonical_class, parse_class_map
 from entropy_ft.data.preprocess import BadImage, decode, fit_and_pad, perceptual_hash, pixel_sha256
-from entropy_ft.data.splits import carve
 from entropy_ft.errors import UserError
 
 
@@ -156,17 +155,6 @@ def test_drop_plan_keeps_train_copy_dedupes_splits_and_removes_label_conflicts()
     assert "within train" in removed[3] and "f0" in removed[1]
     assert "within test" in removed[5]
     assert removed[6].startswith("label conflict") and removed[7].startswith("label conflict")
-
-
-def test_carving_is_stratified_seeded_and_keeps_groups_together():
-    cls = ["x"] * 100 + ["y"] * 40
-    unit = np.arange(140)
-    unit[10:20] = 10  # a duplicate group of 10 copies
-    take = carve(range(140), cls, unit, 0.2, np.random.default_rng(1))
-    assert sum(i < 100 for i in take) == 20 and sum(i >= 100 for i in take) == 8
-    assert len(take & set(range(10, 20))) in (0, 10)
-    assert take == carve(range(140), cls, unit, 0.2, np.random.default_rng(1))
-    assert take != carve(range(140), cls, unit, 0.2, np.random.default_rng(2))
 
 
 def test_class_names_are_canonical_and_class_map_applies_first():

@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
         ("class_name", pa.string()),
         ("sha256", pa.string()),
         ("source", pa.string()),
+        ("pixel_sha256", pa.string()),
     ]
 )
 
@@ -51,6 +52,7 @@ class ImageRecord:
     class_name: str
     sha256: str  # of the original file bytes
     source: str  # original path inside the source
+    pixel_sha256: str  # of the decoded pixels before resizing: the image's identity for splits and duplicates
 
 
 @dataclass
@@ -112,6 +114,7 @@ class DatasetWriter:
                 "class_name": pa.array([r.class_name for r in rows], pa.string()),
                 "sha256": pa.array([r.sha256 for r in rows], pa.string()),
                 "source": pa.array([r.source for r in rows], pa.string()),
+                "pixel_sha256": pa.array([r.pixel_sha256 for r in rows], pa.string()),
             },
             schema=SCHEMA,
         )

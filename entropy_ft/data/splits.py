@@ -1,41 +1,101 @@
-"""Carving validation (and, for sources without one, test) splits: stratified by class, seeded, group-aware.
+"""Split assignment that stays put when the data grows: by content, not by position in a shuffle.
 
-Copies of one image (exact or near duplicates, see :mod:`.dedup`) are carved together, so
-carving never creates leakage of its own: a duplicate pair inside the training folder ends up
-wholly in train or wholly in val, never one copy in each.
+Recurring retraining compares each new model with the champion on the new test split; that is
+only fair if no image the champion trained on has moved into it. A seeded permutation of the
+pool cannot promise that (add one image and every position shifts), so each duplicate group
+gets a position ``u`` in [0, 1) from the sha256 of ``seed`` and its anchor's pixel hash, and
+fixed thresholds on ``u`` give its split:
+
+* sources without a test folder: ``u < test`` is test, the next ``val x (1 - test)`` is val;
+* sources with one (Kaggle's Testing/): ``u < val`` is val, the rest train.
+
+An image's split then depends on its own content and the fractions only. Per-class shares are
+the fractions in expectation (binomial spread, about 1 point at a thousand images a class).
+
+Copies of one image (exact or near duplicates, see :mod:`.dedup`) are assigned together, so
+assignment never creates leakage of its own. A group's anchor is its member with the smallest
+``u``. A new copy can change a group's anchor; given the earlier dataset (``previous``), old
+images keep their recorded split and new members follow the old members' split, so nothing
+old ever moves.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+RULE = "content-hash-v1"  # recorded in the manifest; an --extends dataset must have used the same rule
 
-def carve(
-    pool: Sequence[int], class_of: Sequence[str], unit_of: np.ndarray, fraction: float, rng: np.random.Generator
-) -> set[int]:
-    """Items taken out of ``pool``: about ``fraction`` of each class, whole units (duplicate groups) at a time.
 
-    A unit belongs to the class of its first item. Units are visited in a seeded random order
-    per class and taken while they fit under round(fraction x class size).
+def position(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) that depends only on ``seed`` and ``key`` (a pixel sha256)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_at(u: float, carve_test: bool, val_fraction: float, test_fraction: float) -> str:
+    """The split of position ``u``: test, val or train by fixed thresholds."""
+    if carve_test:
+        if u < test_fraction:
+            return "test"
+        return "val" if u < test_fraction + val_fraction * (1 - test_fraction) else "train"
+    return "val" if u < val_fraction else "train"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The split of every item, and how many kept the split an earlier dataset gave them."""
+
+    split_of: list[str]
+    kept_from_previous: int  # items whose pixel hash the previous dataset had, in the split it had them
+    followed_previous: int  # new items that joined an old duplicate group and took its split
+
+
+def assign(
+    keys: Sequence[str],
+    fixed: Sequence[str | None],
+    unit_of: np.ndarray,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    previous: Mapping[str, str] | None = None,
+) -> Assignment:
+    """Split per item.
+
+    ``keys`` are pixel hashes; ``fixed`` is what the source's layout says ("test" for a test
+    folder, "train" for the training folder of a source that has a test folder, None where test
+    is carved); ``unit_of`` is the duplicate-group id per item; ``previous`` maps pixel hashes of
+    an earlier dataset to their split. A test folder's images are always test.
     """
+    previous = previous or {}
+    split_of: list[str] = [""] * len(keys)
     units: dict[int, list[int]] = defaultdict(list)
-    for i in sorted(pool):
+    for i in range(len(keys)):
         units[int(unit_of[i])].append(i)
-    by_class: dict[str, list[list[int]]] = defaultdict(list)
-    for members in sorted(units.values(), key=lambda m: m[0]):
-        by_class[class_of[members[0]]].append(members)
-    taken: set[int] = set()
-    for cls in sorted(by_class):
-        class_units = by_class[cls]
-        target = int(round(sum(len(u) for u in class_units) * fraction))
-        count = 0
-        for k in rng.permutation(len(class_units)):
-            if count == target:
-                break
-            if count + len(class_units[k]) <= target:
-                taken.update(class_units[k])
-                count += len(class_units[k])
-    return taken
+    kept = followed = 0
+    for members in units.values():
+        free = [i for i in members if fixed[i] != "test"]
+        for i in members:
+            if fixed[i] == "test":
+                split_of[i] = "test"
+        if not free:
+            continue
+        old = sorted((position(keys[i], seed), i) for i in free if keys[i] in previous)
+        if old:
+            group_split = previous[keys[old[0][1]]]
+        else:
+            u = min(position(keys[i], seed) for i in free)
+            group_split = split_at(u, all(fixed[i] is None for i in free), val_fraction, test_fraction)
+        for i in free:
+            if keys[i] in previous:
+                split_of[i] = previous[keys[i]]
+                kept += 1
+            else:
+                split_of[i] = group_split
+                followed += bool(old)
+    return Assignment(split_of, kept, followed)

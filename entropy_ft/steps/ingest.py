@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropy_ft import storage
-from entropy_ft.data import dedup, quarantine, synthetic
+from entropy_ft.artifacts import DatasetManifest
+from entropy_ft.data import dedup, quarantine, splits, synthetic
 from entropy_ft.data.decode_pool import Decoded, Failed, Spill, decode_all, default_workers
 from entropy_ft.data.dedup import DUPLICATE_POLICIES
-from entropy_ft.data.format import SPLITS, DatasetWriter, ImageRecord
+from entropy_ft.data.format import SPLITS, DatasetWriter, ImageRecord, load_manifest, read_split
 from entropy_ft.data.layouts import LAYOUTS, Candidate, Layout, parse_class_map, resolve
 from entropy_ft.data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
 from entropy_ft.data.sources import Source, open_source
-from entropy_ft.data.splits import carve
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log, progress, progress_bar
 from entropy_ft.options import IMAGE_SIZE, Options, at_least, fraction, option
@@ -43,7 +43,11 @@ class Config(Options):
     val_fraction: float = option(0.15, check=fraction(0, 0.9), help="share of training images held out for validation")
     test_fraction: float = option(0.15, check=fraction(0, 0.9),
                                   help="share carved as test from sources without a test folder")
-    seed: int = option(0, help="seed of the carved splits")
+    seed: int = option(0, help="seed of the split assignment (a different seed gives other splits)")
+    extends: str | None = option(None, metavar="DATASET",
+                                 help="an earlier dataset (folder or s3://) this data grew from: its images keep "
+                                      "their splits, and new copies of them follow (checked: same rule, seed and "
+                                      "fractions)")
     duplicates: str = option("report", choices=DUPLICATE_POLICIES,
                              help="report: warn; drop: remove from val/test what train has and dedupe splits; "
                                   "fail: exit 2 on any cross-split duplicate")
@@ -95,7 +99,7 @@ def run_synthetic(cfg: Config) -> dict:
 
 
 def synthetic_record(i: int, label: int, pixels, sha: str) -> ImageRecord:
-    return ImageRecord(pixels, label, synthetic.CLASSES[label], sha, f"synthetic/{i:06d}")
+    return ImageRecord(pixels, label, synthetic.CLASSES[label], sha, f"synthetic/{i:06d}", sha)
 
 
 # ---------------------------------------------------------------- real sources
@@ -197,6 +201,7 @@ class Plan:
     groups: list[dedup.Group]  # member positions index ``kept``
     removed: dict[int, str]  # kept position -> reason
     summary: dict
+    extends: dict | None  # what --extends kept, for the manifest
 
 
 def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Plan:
@@ -207,15 +212,15 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     phashes = np.frombuffer(b"".join(results[i].phash for i in kept), np.uint8).reshape(len(kept), -1)
     groups, comp = dedup.find_groups(pixel_shas, phashes)
 
-    rng = np.random.default_rng(cfg.seed)
-    split_of = [items[i].candidate.split or "" for i in kept]
-    to_carve = [j for j, s in enumerate(split_of) if not s]
-    test = carve(to_carve, class_of, comp, cfg.test_fraction, rng) if to_carve else set()
-    for j in to_carve:
-        split_of[j] = "test" if j in test else "train"
-    val = carve([j for j, s in enumerate(split_of) if s == "train"], class_of, comp, cfg.val_fraction, rng)
-    for j in val:
-        split_of[j] = "val"
+    previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
+    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], comp, seed=cfg.seed,
+                               val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, previous=previous)
+    split_of = assignment.split_of
+    if extends is not None:
+        extends.update(kept=assignment.kept_from_previous, followed=assignment.followed_previous,
+                       missing=len(set(previous) - set(pixel_shas)))
+        log.info("--extends %s: %d of its %d images kept their split, %d new copies followed them, %d are gone",
+                 cfg.extends, extends["kept"], extends["images"], extends["followed"], extends["missing"])
 
     classes = sorted(set(class_of))
     in_training = {class_of[j] for j, s in enumerate(split_of) if s in ("train", "val")}
@@ -223,6 +228,11 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
         raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, "
                         "only test images")
 
+    present = Counter(zip(split_of, class_of))
+    for split in ("val", "test"):
+        if lacking := [c for c in classes if not present[(split, c)]]:
+            log.warning("no %s images of class %s: too few images for --%s-fraction to reach (splits are drawn per "
+                        "image, by content)", split, ", ".join(lacking), split)
     comps = dedup.component_members(comp)
     crossing = [m for m in comps if len({split_of[j] for j in m}) > 1]
     conflicts = [m for m in comps if len({class_of[j] for j in m}) > 1]
@@ -246,7 +256,34 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
         "removed": len(removed),
     }
     _warn(cfg, summary, len(crossing))
-    return Plan(kept, split_of, classes, groups, removed, summary)
+    return Plan(kept, split_of, classes, groups, removed, summary, extends)
+
+
+def _previous_splits(cfg: Config, carves_test: bool) -> tuple[dict[str, str], dict | None]:
+    """Pixel hash -> split of the ``--extends`` dataset, after checking it used this run's rule and settings."""
+    if not cfg.extends:
+        return {}, None
+    folder = DatasetManifest.folder_of(cfg.extends)
+    with storage.local_copy(folder) as root:
+        manifest = load_manifest(root)
+        rule = manifest.splits.get("rule")
+        theirs = {k: manifest.splits.get(k) for k in ("seed", "val_fraction")}
+        ours = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
+        if carves_test and manifest.splits.get("test_fraction") is not None:
+            theirs["test_fraction"], ours["test_fraction"] = manifest.splits["test_fraction"], cfg.test_fraction
+        if rule != splits.RULE:
+            raise UserError(f"--extends {cfg.extends}: its splits were assigned by {rule or 'a seeded shuffle'}, "
+                            f"not {splits.RULE}, so they cannot be kept; ingest it again with this version first")
+        if theirs != ours:
+            differ = ", ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if theirs[k] != ours[k])
+            raise UserError(f"--extends {cfg.extends}: split settings differ ({differ}); use the same ones")
+        previous = {}
+        for split in SPLITS:
+            for sha in read_split(root, split, ["pixel_sha256"]).column("pixel_sha256").to_pylist():
+                previous[sha] = split
+    info = {"dataset": cfg.extends, "manifest_sha256": manifest.origin.sha256 if manifest.origin else None,
+            "images": len(previous)}
+    return previous, info
 
 
 def _warn(cfg: Config, summary: dict, crossing: int) -> None:
@@ -275,7 +312,7 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
             if plan.split_of[j] == split and j not in plan.removed:
                 it, d = items[plan.kept[j]], results[plan.kept[j]]
                 cls = it.candidate.class_name
-                writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name))
+                writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name, d.pixel_sha256))
                 written[it.source] += 1
                 bar.update()
         writer.flush(split)
@@ -290,10 +327,12 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
              "ignored": lay.ignored, "class_aliases": dict(sorted(lay.aliases.items()))}
             for k, (s, lay) in enumerate(zip(sources, layouts))
         ],
-        splits={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
+        splits={"rule": splits.RULE, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
-                "method": "stratified by class, seeded; duplicate groups are never split across "
-                          "train/val/test by carving"},
+                "method": "by content: each duplicate group's split comes from the sha256 of the seed and its "
+                          "anchor's pixel hash, so adding images never moves an old one; duplicate groups are "
+                          "never split across train/val/test by assignment",
+                **({"extends": plan.extends} if plan.extends else {})},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
     )

@@ -1,0 +1,99 @@
+"""Split assignment by content: adding images never moves an old one, groups stay whole, shares hold."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropy_ft.data.splits import assign, position, split_at
+
+FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.2}
+
+
+def keys(n: int, start: int = 0) -> list[str]:
+    return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(start, start + n)]
+
+
+def run(k: list[str], fixed: list[str | None], unit: list[int], seed: int = 0, previous=None) -> list[str]:
+    return assign(k, fixed, np.array(unit), seed=seed, previous=previous, **FRACTIONS).split_of
+
+
+datasets = st.integers(1, 60).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.sampled_from([None, "train", "test"]), min_size=n, max_size=n),
+        st.lists(st.integers(0, max(n // 3, 1)), min_size=n, max_size=n),  # duplicate-group ids
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=datasets, new=datasets, seed=st.integers(0, 3))
+def test_adding_images_never_moves_an_old_one_given_the_earlier_dataset(old, new, seed):
+    n, fixed, unit = old
+    k = keys(n)
+    before = run(k, fixed, unit, seed)
+    m, new_fixed, new_unit = new
+    # new images may join old duplicate groups (shared ids) and merge them: the hard case
+    after = run(k + keys(m, start=10_000), fixed + new_fixed, unit + new_unit, seed,
+                previous=dict(zip(k, before)))
+    assert after[:n] == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=datasets, m=st.integers(1, 40), seed=st.integers(0, 3))
+def test_without_the_earlier_dataset_new_images_of_their_own_move_nothing(old, m, seed):
+    n, fixed, unit = old
+    k = keys(n)
+    before = run(k, fixed, unit, seed)
+    fresh_units = [1000 + j for j in range(m)]  # not copies of anything old
+    after = run(k + keys(m, start=10_000), fixed + [None] * m, unit + fresh_units, seed)
+    assert after[:n] == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=datasets)
+def test_duplicate_groups_stay_whole_and_test_folders_stay_test(data):
+    n, fixed, unit = data
+    split_of = run(keys(n), fixed, unit)
+    for i in range(n):
+        if fixed[i] == "test":
+            assert split_of[i] == "test"
+        if fixed[i] == "train":
+            assert split_of[i] in ("train", "val")
+    for g in set(unit):
+        free = {split_of[i] for i in range(n) if unit[i] == g and fixed[i] != "test"}
+        assert len(free) <= 1
+
+
+def test_new_copies_follow_the_old_image_not_the_other_way_round():
+    k = keys(400)
+    old = run(k[:200], [None] * 200, list(range(200)))
+    # each new image is a copy of old image i: it joins i's group whatever its own position says
+    after = run(k, [None] * 400, list(range(200)) * 2, previous=dict(zip(k[:200], old)))
+    assert after[200:] == old
+    # without the earlier dataset, a copy that sorts first would have taken the group elsewhere
+    anchored_by_new = [i for i in range(200) if position(k[200 + i], 0) < position(k[i], 0)]
+    fresh = run(k, [None] * 400, list(range(200)) * 2)
+    assert any(fresh[i] != old[i] for i in anchored_by_new)
+
+
+def test_shares_match_the_fractions_within_binomial_spread():
+    n = 20_000
+    split_of = run(keys(n), [None] * n, list(range(n)))
+    share = {s: split_of.count(s) / n for s in ("train", "val", "test")}
+    assert abs(share["test"] - 0.2) < 0.01
+    assert abs(share["val"] - 0.15 * 0.8) < 0.01
+    with_test_folder = run(keys(n), ["train"] * n, list(range(n)))
+    assert abs(with_test_folder.count("val") / n - 0.15) < 0.01 and "test" not in with_test_folder
+
+
+def test_the_seed_changes_the_assignment_and_positions_are_uniform_thresholds():
+    k = keys(500)
+    assert run(k, [None] * 500, list(range(500)), seed=0) != run(k, [None] * 500, list(range(500)), seed=1)
+    assert split_at(0.1, True, **FRACTIONS) == "test" and split_at(0.25, True, **FRACTIONS) == "val"
+    assert split_at(0.1, False, **FRACTIONS) == "val" and split_at(0.9, True, **FRACTIONS) == "train"
+    assert 0 <= position(k[0], 0) < 1 and position(k[0], 0) != position(k[0], 1)
