@@ -172,6 +172,9 @@ class DatasetManifest(Artifact, file="manifest.json", producer="ingest"):
     quarantine: list[dict] = field(default_factory=list)
     sources: list[dict] = field(default_factory=list)
     splits: dict = field(default_factory=dict)
+    patients: dict | None = None  # images with a (hashed) patient key, distinct keys, where the salt came from
+    dicom: dict | None = None  # DICOM images and the windowing each got (counts; never a header value)
+    labels: dict | None = None  # the --labels file: rows matched and not (by line number), unlabelled files
 
 
 @dataclass(frozen=True, kw_only=True)

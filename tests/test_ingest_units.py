@@ -202,11 +202,11 @@ def test_decoding_streams_with_bounded_work_in_flight(tmp_path):
     def reads(n):
         for i in range(n):
             ahead.append(i - len(spilled))
-            yield i, data, None
+            yield decode_pool.Read(i, data, None, f"{i}.png")
 
     spill = CountingSpill(tmp_path / "spill")
     results = decode_pool.decode_all(reads(600), 600, Settings(16), workers=2, spill=spill)
     assert len(results) == len(spilled) == 600
     assert max(ahead) <= (2 * 2 + 1) * decode_pool.BATCH_IMAGES
-    assert np.array_equal(spill.pixels(results[599]), phantom(0, "glioma", size=16))
+    assert np.array_equal(spill.pixels(results[599].images[0]), phantom(0, "glioma", size=16))
     spill.close()

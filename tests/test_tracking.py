@@ -191,7 +191,7 @@ def test_serving_sees_the_pixels_training_sees(kaggle_zip, tmp_path, model_size)
     settings = Settings(48)
     writer = DatasetWriter(tmp_path, ["a"], 48, describe(settings, 0))
     for name, data in files.items():
-        p = process(data, settings)
+        [p] = process(data, settings).images
         writer.add("train", ImageRecord(p.pixels, 0, "a", p.file_sha256, name, p.pixel_sha256))
     manifest = writer.close()
     loaded = ParquetImages(tmp_path, "train", image_size=model_size)

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from entropy_ft.data.dicom import DicomMeta
 from entropy_ft.data.preprocess import BadImage, Settings, process
 from entropy_ft.data.quarantine import UNREADABLE
 from entropy_ft.logs import progress_bar
@@ -33,14 +35,34 @@ BATCH_BYTES = 16 << 20
 SPILL_CODEC = "lz4"  # fastest to write and read back; the spill is temporary
 
 
+class Read(NamedTuple):
+    """One file for the pool: its index, its bytes (None when the read failed, with why), and its path,
+    which tells a ``.dcm`` or extension-less file from other images."""
+
+    index: int
+    data: bytes | None
+    error: str | None
+    path: str
+
+
 @dataclass(frozen=True)
 class Decoded:
+    """One image ready for the second pass: a whole file, or one frame of a multi-frame DICOM file."""
+
     shape: tuple[int, ...]
     offset: int  # of the compressed pixels in the spill file
     length: int
     file_sha256: str
     pixel_sha256: str
     phash: bytes
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """Every image one file gave, and its DICOM metadata (None for other formats)."""
+
+    images: tuple[Decoded, ...]
+    dicom: DicomMeta | None = None
 
 
 @dataclass(frozen=True)
@@ -100,29 +122,31 @@ def _read(path: str) -> str | None:
         return None
 
 
-def work(batch: list[tuple[int, bytes | None, str | None]], settings: Settings) -> list[tuple[int, tuple]]:
-    """Process one batch in a worker: (index, ("ok", shape, blob, hashes...)) or (index, ("bad", kind, reason))."""
+def work(batch: list[Read], settings: Settings) -> list[tuple[int, tuple]]:
+    """Process one batch in a worker: (index, ("ok", [(shape, blob, hashes...) per image], DICOM metadata))
+    or (index, ("bad", kind, reason))."""
     out: list[tuple[int, tuple]] = []
-    for index, data, read_error in batch:
+    for index, data, read_error, path in batch:
         if data is None:
             out.append((index, ("bad", UNREADABLE, read_error or "cannot read")))
             continue
         try:
-            p = process(data, settings)
+            p = process(data, settings, path)
         except BadImage as exc:
             out.append((index, ("bad", exc.kind, exc.reason)))
             continue
-        blob = pa.compress(p.pixels.tobytes(), codec=SPILL_CODEC, asbytes=True)
-        out.append((index, ("ok", p.pixels.shape, blob, p.file_sha256, p.pixel_sha256, p.phash)))
+        images = [(i.pixels.shape, pa.compress(i.pixels.tobytes(), codec=SPILL_CODEC, asbytes=True),
+                   i.file_sha256, i.pixel_sha256, i.phash) for i in p.images]
+        out.append((index, ("ok", images, p.dicom)))
     return out
 
 
-def _batches(reads: Iterator[tuple[int, bytes | None, str | None]]) -> Iterator[list]:
-    batch: list = []
+def _batches(reads: Iterator[Read]) -> Iterator[list[Read]]:
+    batch: list[Read] = []
     size = 0
     for item in reads:
         batch.append(item)
-        size += len(item[1] or b"")
+        size += len(item.data or b"")
         if len(batch) >= BATCH_IMAGES or size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0
@@ -131,10 +155,10 @@ def _batches(reads: Iterator[tuple[int, bytes | None, str | None]]) -> Iterator[
 
 
 def decode_all(
-    reads: Iterator[tuple[int, bytes | None, str | None]], total: int, settings: Settings, workers: int, spill: Spill
-) -> dict[int, Decoded | Failed]:
+    reads: Iterator[Read], total: int, settings: Settings, workers: int, spill: Spill
+) -> dict[int, DecodedFile | Failed]:
     """Run :func:`work` over every read, on ``workers`` processes (1: in this process), spilling pixels."""
-    results: dict[int, Decoded | Failed] = {}
+    results: dict[int, DecodedFile | Failed] = {}
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(_start_pool(workers)) if workers > 1 else None
         bar = stack.enter_context(contextlib.closing(progress_bar("decode + hash", total=total, unit="img")))
@@ -142,8 +166,9 @@ def decode_all(
         def collect(done: list[tuple[int, tuple]]) -> None:
             for index, r in done:
                 if r[0] == "ok":
-                    _, shape, blob, file_sha, pixel_sha, phash = r
-                    results[index] = Decoded(tuple(shape), spill.append(blob), len(blob), file_sha, pixel_sha, phash)
+                    images = tuple(Decoded(tuple(shape), spill.append(blob), len(blob), file_sha, pixel_sha, phash)
+                                   for shape, blob, file_sha, pixel_sha, phash in r[1])
+                    results[index] = DecodedFile(images, r[2])
                 else:
                     results[index] = Failed(r[1], r[2])
             bar.update(len(done))

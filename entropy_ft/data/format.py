@@ -39,6 +39,7 @@ SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("source", pa.string()),
         ("pixel_sha256", pa.string()),
+        ("patient", pa.string()),
     ]
 )
 
@@ -53,6 +54,7 @@ class ImageRecord:
     sha256: str  # of the original file bytes
     source: str  # original path inside the source
     pixel_sha256: str  # of the decoded pixels before resizing: the image's identity for splits and duplicates
+    patient: str | None = None  # salted hash of the patient key (entropy_ft.data.patients); None when unknown
 
 
 @dataclass
@@ -115,6 +117,7 @@ class DatasetWriter:
                 "sha256": pa.array([r.sha256 for r in rows], pa.string()),
                 "source": pa.array([r.source for r in rows], pa.string()),
                 "pixel_sha256": pa.array([r.pixel_sha256 for r in rows], pa.string()),
+                "patient": pa.array([r.patient for r in rows], pa.string()),
             },
             schema=SCHEMA,
         )

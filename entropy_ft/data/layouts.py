@@ -11,6 +11,14 @@ Three layouts, detected from the member paths (or forced with ``--layout``):
   ``Training``/``Testing``; a ``val``/``validation`` folder counts as training data, because
   validation is always carved from training). Without a test folder, the test split is carved.
 
+With ``ingest --labels`` the layout is ``labels``: classes come from the label file, folders
+give only the split (``train``/``test`` folders as for imagefolder), and an image may sit anywhere.
+
+Images are files with an image extension, ``.dcm``, or no extension at all (or a numeric one),
+because DICOM exports name files ``IM000001`` or by their UID; decoding then tells DICOM from
+anything else (:func:`entropy_ft.data.preprocess.decode_file`). Extension-less files shape the
+layout only in a source that has no other images, so a stray ``LICENSE`` does not move its root.
+
 The layout starts at the deepest folder shared by every image, so an archive that wraps
 everything in one top folder works the same as one that does not. Class names are mapped to
 one canonical set (``no_tumor``, ``no`` and ``notumor`` are one class) so that datasets merge.
@@ -24,10 +32,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from entropy_ft.data import quarantine as q
+from entropy_ft.data.dicom import EXTENSION as DICOM_EXTENSION
+from entropy_ft.data.dicom import named_like_dicom
 from entropy_ft.data.sources import Member
 from entropy_ft.errors import UserError
 
 LAYOUTS = ("auto", "kaggle", "brisc2025", "imagefolder")
+LABELS = "labels"  # the layout when classes come from ``--labels``, not folders
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
@@ -89,6 +100,12 @@ def canonical_class(folder: str, class_map: Mapping[str, str]) -> str:
     if key in class_map:
         return class_map[key]
     return CLASS_ALIASES.get(key) or re.sub(r"[^a-z0-9]+", "_", folder.lower()).strip("_") or folder
+
+
+def is_image_name(path: str) -> bool:
+    """An image extension or ``.dcm``: a file that is an image by its name."""
+    ext = posixpath.splitext(path)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext == DICOM_EXTENSION
 
 
 def is_hidden(path: str) -> bool:
@@ -167,6 +184,11 @@ class _Mapper:
         if parts[: len(self.root)] != self.root:
             return _OUTSIDE
         rest = parts[len(self.root) :]
+        if self.layout == LABELS:  # any folder; a train/test folder gives the split
+            top = rest[0].lower() if rest else ""
+            if top in TEST_DIRS | TRAIN_DIRS:
+                return "test" if top in TEST_DIRS else ("train" if self.has_test else None), []
+            return _OUTSIDE if self.split_mode else (None, [])
         if not self.split_mode:
             return (None, parts[: len(self.root) + 1]) if rest else _OUTSIDE
         if len(rest) < 2 or rest[0].lower() not in TRAIN_DIRS | TEST_DIRS:
@@ -194,12 +216,15 @@ class _Mapper:
             return None
         if member.problem:
             return self.quarantine(path, q.NOT_A_FILE, member.problem)
-        ext = posixpath.splitext(path)[1].lower()
-        if ext not in IMAGE_EXTENSIONS:
-            return self.quarantine(path, q.NOT_IMAGE, f"not an image file (extension {ext or 'none'!r})")
+        if not (is_image_name(path) or named_like_dicom(path)):
+            ext = posixpath.splitext(path)[1].lower()
+            return self.quarantine(path, q.NOT_IMAGE, f"not an image file (extension {ext!r})")
         if level is _OUTSIDE:
             return self.quarantine(path, q.OUTSIDE_LAYOUT, f"not inside a class folder of the {self.layout} layout")
         split, folder = level
+        if self.layout == LABELS:
+            self.result.candidates.append(Candidate(path, "", split, ""))  # the class comes from the label file
+            return None
         class_dir = "/".join(folder)
         cls = self.class_for(class_dir)
         if self.layout == "brisc2025" and (m := BRISC_NAME.match(parts[-1])):
@@ -212,16 +237,16 @@ class _Mapper:
 
 
 def resolve(uri: str, name: str, members: list[Member], layout: str, class_map: Mapping[str, str]) -> Layout:
-    """Label every member of one source; a source with no images or no recognisable layout is a UserError."""
+    """Label every member of one source (``layout`` LABELS: give only splits); a source with no images or no
+    recognisable layout is a UserError."""
     files = [m for m in members if not m.is_dir]
     if not files:
         raise UserError(f"{uri}: empty source (no files)")
-    images = [
-        m.path for m in files
-        if not is_hidden(m.path) and not m.problem and posixpath.splitext(m.path)[1].lower() in IMAGE_EXTENSIONS
-    ]
+    visible = [m.path for m in files if not is_hidden(m.path) and not m.problem]
+    images = [p for p in visible if is_image_name(p)] or [p for p in visible if named_like_dicom(p)]
     if not images:
-        raise UserError(f"{uri}: no image files (of {len(files)} files, none is a visible .jpg/.png/... image)")
+        raise UserError(f"{uri}: no image files (of {len(files)} files, none is a visible .jpg/.png/.dcm/... image "
+                        "or a file without an extension)")
     chosen = detect(images) if layout == "auto" else layout
     if chosen == "brisc2025" and not any(BRISC_TASK in (c.lower() for c in p.split("/")) for p in images):
         raise UserError(

@@ -1,6 +1,8 @@
 """Decode one image file into the pixels every later step sees, plus the hashes that find duplicates.
 
-The steps, in order (recorded in the manifest by :func:`describe`):
+A DICOM file (``DICM`` preamble, or a ``.dcm`` name) is decoded by :mod:`.dicom` into 8-bit grey
+frames, one image per frame; every other file takes steps 1 to 4 below. From step 5 on, every
+image is treated alike. The steps, in order (recorded in the manifest by :func:`describe`):
 
 1. decode with Pillow, refusing images over ``max_pixels`` before any pixel is decoded (decompression bombs);
 2. apply the EXIF orientation, so a rotated phone photo of a film is upright;
@@ -28,14 +30,17 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import imagehash
 import numpy as np
 import PIL
+import pydicom
 from PIL import Image, ImageOps
 
+from entropy_ft.data import dicom
 from entropy_ft.data import quarantine as q
+from entropy_ft.data.quarantine import BadImage
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; 8x8 cannot tell MRI slices apart (all dark ovals at that scale)
@@ -43,19 +48,31 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
 
 
-class BadImage(Exception):
-    """A file that cannot become an image; ``kind`` is a quarantine kind."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Settings:
     image_size: int
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # keys the patient hashes of DICOM files; None: none computed. Never written (describe leaves it out)
+    patient_salt: bytes | None = field(default=None, repr=False)
+
+
+def decode_file(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
+                salt: bytes | None = None) -> tuple[list[np.ndarray], dicom.DicomMeta | None]:
+    """Canonical 8-bit pixels of any supported file: one image, or one per frame of a multi-frame DICOM
+    file, and the DICOM metadata (None for other formats).
+
+    The bytes decide first: a ``DICM`` preamble is DICOM whatever the name. Then ``name`` (the path in
+    its source; None when unknown, as in serving): ``.dcm`` is read as DICOM without a preamble, and a
+    file without an image extension (which layouts accept because DICOM exports name files that way)
+    that is not DICOM is not an image.
+    """
+    if not data:
+        raise BadImage(q.EMPTY, "empty file (0 bytes)")
+    if dicom.has_preamble(data) or (name or "").lower().endswith(dicom.EXTENSION):
+        return dicom.decode(data, max_pixels, salt)
+    if name is not None and dicom.named_like_dicom(name):
+        raise BadImage(q.NOT_IMAGE, "no image extension and no DICOM preamble (DICM at byte 128)")
+    return [decode(data, max_pixels)], None
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -153,11 +170,22 @@ class Processed:
     phash: bytes
 
 
-def process(data: bytes, settings: Settings) -> Processed:
-    """One file to its final pixels and hashes; raises BadImage for anything that is not a usable image."""
-    canonical = decode(data, settings.max_pixels)
-    final = fit_and_pad(canonical, settings.image_size)
-    return Processed(final, hashlib.sha256(data).hexdigest(), pixel_sha256(canonical), perceptual_hash(final))
+@dataclass(frozen=True)
+class ProcessedFile:
+    images: list[Processed]  # one, or one per frame of a multi-frame DICOM file, in frame order
+    dicom: dicom.DicomMeta | None  # None for every format but DICOM
+
+
+def process(data: bytes, settings: Settings, name: str | None = None) -> ProcessedFile:
+    """One file to its final pixels and hashes (see :func:`decode_file` for ``name``); raises BadImage
+    for anything that is not a usable image."""
+    frames, meta = decode_file(data, settings.max_pixels, name, settings.patient_salt)
+    file_sha256 = hashlib.sha256(data).hexdigest()
+    images = []
+    for canonical in frames:
+        final = fit_and_pad(canonical, settings.image_size)
+        images.append(Processed(final, file_sha256, pixel_sha256(canonical), perceptual_hash(final)))
+    return ProcessedFile(images, meta)
 
 
 def describe(settings: Settings, near_max_distance: int) -> dict:
@@ -177,4 +205,16 @@ def describe(settings: Settings, near_max_distance: int) -> dict:
         "exact_duplicate_hash": "sha256 of the 8-bit pixels before resizing, shape included",
         "near_duplicate_hash": {"method": "imagehash.phash", "hash_size": PHASH_SIZE, "bits": PHASH_SIZE**2,
                                 "on": "final pixels", "max_hamming_distance": near_max_distance},
+        "dicom": {
+            "pydicom_version": pydicom.__version__,
+            "recognised_by": "DICM preamble at byte 128, or a .dcm name",
+            "modality_lut": "Rescale Slope/Intercept or Modality LUT Sequence (pydicom apply_modality_lut)",
+            "voi": "the file's VOI LUT, else its first Window Center/Width (pydicom apply_voi / apply_windowing), "
+                   f"else the {dicom.PERCENTILES[0]}..{dicom.PERCENTILES[1]} percentile window of the frame; "
+                   "that output range onto 0..255",
+            "monochrome1": "inverted (bright = high signal)",
+            "colour": "RGB, YBR and palette colour to grey by ITU-R 601 luma",
+            "frames": "one image per frame, source '<path>#frame=N' (N from 1)",
+            "max_pixels": "counts every frame",
+        },
     }

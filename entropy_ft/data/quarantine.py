@@ -18,7 +18,21 @@ EMPTY = "empty"  # zero bytes
 UNREADABLE = "unreadable"  # not decodable, truncated, or the read itself failed
 BOMB = "decompression-bomb"  # more pixels than the limit
 LABEL_CONFLICT = "label-conflict"  # the file name's label disagrees with its folder
-KINDS = (HIDDEN, NOT_IMAGE, NOT_A_FILE, OUTSIDE_LAYOUT, EMPTY, UNREADABLE, BOMB, LABEL_CONFLICT)
+DICOM_TRUNCATED = "dicom-truncated"  # a DICOM file cut short (header or pixel data)
+DICOM_UNSUPPORTED = "dicom-unsupported-syntax"  # a transfer syntax no installed decoder reads
+DICOM_NO_PIXELS = "dicom-no-pixel-data"  # a DICOM object without an image (report, DICOMDIR, ...)
+UNLABELLED = "unlabelled"  # no row of the --labels file names it
+KINDS = (HIDDEN, NOT_IMAGE, NOT_A_FILE, OUTSIDE_LAYOUT, EMPTY, UNREADABLE, BOMB, LABEL_CONFLICT,
+         DICOM_TRUNCATED, DICOM_UNSUPPORTED, DICOM_NO_PIXELS, UNLABELLED)
+
+
+class BadImage(Exception):
+    """A file that cannot become an image; ``kind`` is a quarantine kind, ``reason`` what a person can act on."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
 
 
 @dataclass(frozen=True, order=True)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest
-from entropy_ft.data import dedup, quarantine, splits, synthetic
-from entropy_ft.data.decode_pool import Decoded, Failed, Spill, decode_all, default_workers
+from entropy_ft.data import dedup, labels, patients, quarantine, splits, synthetic
+from entropy_ft.data.decode_pool import Decoded, DecodedFile, Failed, Read, Spill, decode_all, default_workers
 from entropy_ft.data.dedup import DUPLICATE_POLICIES
 from entropy_ft.data.format import SPLITS, DatasetWriter, ImageRecord, load_manifest, read_split
-from entropy_ft.data.layouts import LAYOUTS, Candidate, Layout, parse_class_map, resolve
+from entropy_ft.data.layouts import LABELS, LAYOUTS, Candidate, Layout, canonical_class, parse_class_map, resolve
 from entropy_ft.data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
 from entropy_ft.data.sources import Source, open_source
 from entropy_ft.errors import UserError
@@ -57,10 +57,16 @@ class Config(Options):
     workers: int = option(0, check=at_least(0), help="decoding processes (0: every core)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, check=at_least(1, "pixel"),
                              help="images with more pixels are quarantined as decompression bombs")
+    labels: str | None = option(None, metavar="FILE.csv",
+                                help="classes from a CSV file (local or s3://) instead of folders: columns label, "
+                                     "path and/or sop_instance_uid, optional patient")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_class_map(self.class_map)
+        if self.labels and self.layout != "auto":
+            raise UserError(f"--labels {self.labels}: classes come from the label file, not folders, "
+                            f"so --layout {self.layout} does not apply; leave --layout at auto")
 
 
 def run(cfg: Config) -> dict:
@@ -110,19 +116,22 @@ class Item:
     """One candidate image: which source, where in it, and what the layout says about it."""
 
     source: int
-    name: str  # "<source name>/<path>", the row's ``source`` column
+    name: str  # "<source name>/<path>", the row's ``source`` column; "...#frame=N" for a frame of a multi-frame file
     candidate: Candidate
+    patient: str | None = None  # salted hash of the patient key (--labels patient column, else DICOM PatientID)
 
 
 def run_sources(cfg: Config) -> dict:
     started = time.monotonic()
     class_map = parse_class_map(cfg.class_map)
-    settings = Settings(cfg.image_size, cfg.max_pixels)
+    salt, salt_from_env = patients.salt_from_env()
+    settings = Settings(cfg.image_size, cfg.max_pixels, salt)
+    label_file = labels.read(cfg.labels) if cfg.labels else None
     with contextlib.ExitStack() as stack:
         # every source is listed and checked (zip-slip, layout) before anything is read or written
         sources = [stack.enter_context(open_source(uri)) for uri in cfg.sources]
         _make_names_unique(sources)
-        layouts = [resolve(s.uri, s.name, s.members, cfg.layout, class_map) for s in sources]
+        layouts = [resolve(s.uri, s.name, s.members, LABELS if label_file else cfg.layout, class_map) for s in sources]
         for s, lay in zip(sources, layouts):
             log.info("%s: layout %s, %d files, %d images, %d quarantined, %d ignored",
                      s.uri, lay.name, sum(not m.is_dir for m in s.members), len(lay.candidates),
@@ -134,13 +143,19 @@ def run_sources(cfg: Config) -> dict:
         with storage.output_dir(cfg.out) as tmp:
             spill = Spill(tmp / ".spill")
             try:
-                results = decode_all(_reads(sources, items), len(items), settings, workers, spill)
+                files = decode_all(_reads(sources, items), len(items), settings, workers, spill)
+                items, results, found = _images(items, files, label_file, class_map, salt)
+                found["patients"]["salt"] = patients.SALT_ENV if salt_from_env else "random, this run only"
+                if found["patients"]["images_with_key"] and not salt_from_env:
+                    log.warning("%s is not set: patient keys are hashed with a random salt, so they will not match "
+                                "across runs (or an --extends dataset)", patients.SALT_ENV)
                 quarantined += [quarantine.Quarantined(items[i].name, r.kind, r.reason)
                                 for i, r in sorted(results.items()) if isinstance(r, Failed)]
                 kept = [i for i in range(len(items)) if isinstance(results[i], Decoded)]
                 _check_class_folders(sources, layouts, items, kept)
                 plan = _plan(cfg, items, kept, results)
-                manifest = _write(tmp, cfg, settings, items, results, plan, spill, sources, layouts, quarantined)
+                manifest = _write(tmp, cfg, settings, items, results, plan, spill, sources, layouts, quarantined,
+                                  found)
             finally:
                 spill.close()
     seconds = time.monotonic() - started
@@ -154,6 +169,7 @@ def run_sources(cfg: Config) -> dict:
         "quarantine": quarantine.counts(quarantined),
         "ignored": sum(lay.ignored for lay in layouts),
         "duplicates": manifest.duplicates["summary"],
+        **found,
         "seconds": round(seconds, 2),
         "files": files,
         "files_per_s": round(files / max(seconds, 1e-9), 1),
@@ -174,11 +190,68 @@ def _make_names_unique(sources: list[Source]) -> None:
 
 
 def _reads(sources: list[Source], items: list[Item]):
-    """(item index, bytes or None, read error) for every item, source by source."""
+    """A :class:`Read` for every item, source by source."""
     for k, source in enumerate(sources):
         index = {it.candidate.path: i for i, it in enumerate(items) if it.source == k}
         for r in source.read(list(index)):
-            yield index[r.path], r.data, r.error
+            yield Read(index[r.path], r.data, r.error, r.path)
+
+
+def _images(items: list[Item], files: dict[int, DecodedFile | Failed], label_file: labels.LabelFile | None,
+            class_map: dict[str, str], salt: bytes) -> tuple[list[Item], dict[int, Decoded | Failed], dict]:
+    """One item per image, from one per file: a multi-frame file becomes one item per frame, each takes its
+    class from ``--labels`` when given (a decoded file no row names is quarantined as unlabelled) and its
+    patient hash; plus the manifest's dicom, labels and patients sections (counts only)."""
+    out: list[Item] = []
+    results: dict[int, Decoded | Failed] = {}
+    windowing: Counter = Counter()
+    matched_by: Counter = Counter()
+    matched_lines: set[int] = set()
+    unlabelled = 0
+    for it, r in ((it, files[i]) for i, it in enumerate(items)):
+        meta = r.dicom if isinstance(r, DecodedFile) else None
+        if label_file is not None:
+            match = label_file.match(it.candidate.path, meta.sop_instance_uid if meta else None)
+            if match is not None:
+                row, column = match
+                matched_lines.add(row.line)
+                matched_by[column] += isinstance(r, DecodedFile)
+                cls = canonical_class(row.label, class_map)
+                it = replace(it, candidate=replace(it.candidate, class_name=cls),
+                             patient=patients.patient_key(row.patient, salt))
+            elif isinstance(r, DecodedFile):
+                unlabelled += 1
+                r = Failed(quarantine.UNLABELLED, f"no row of {label_file.uri} names its path or SOPInstanceUID")
+        if isinstance(r, Failed):
+            results[len(out)] = r
+            out.append(it)
+            continue
+        patient = it.patient or (meta.patient if meta else None)
+        if meta is not None:
+            windowing[meta.windowing] += len(r.images)
+        for k, d in enumerate(r.images, 1):
+            results[len(out)] = d
+            out.append(replace(it, name=it.name if len(r.images) == 1 else f"{it.name}#frame={k}", patient=patient))
+    keyed = [it.patient for i, it in enumerate(out) if it.patient and isinstance(results[i], Decoded)]
+    found: dict = {"patients": {"images_with_key": len(keyed), "distinct": len(set(keyed))}}
+    if windowing:
+        found["dicom"] = {"images": sum(windowing.values()), "windowing": dict(sorted(windowing.items()))}
+    if label_file is not None:
+        found["labels"] = labels.report(label_file, matched_lines, matched_by, unlabelled)
+        _log_labels(found["labels"])
+    return out, results, found
+
+
+def _log_labels(report: dict) -> None:
+    log.info("--labels %s: %d rows; files labelled by path %d, by SOPInstanceUID %d",
+             report["file"], report["rows"], *report["files_matched_by"].values())
+    if report["unmatched_rows"]:
+        log.warning("--labels %s: %d rows name no file of the sources (lines %s%s)", report["file"],
+                    report["unmatched_rows"], ", ".join(map(str, report["unmatched_lines"])),
+                    ", ..." if report["unmatched_rows"] > len(report["unmatched_lines"]) else "")
+    if report["unlabelled_files"]:
+        log.warning("--labels %s: %d images have no row; quarantined as %s", report["file"],
+                    report["unlabelled_files"], quarantine.UNLABELLED)
 
 
 def _check_class_folders(sources: list[Source], layouts: list[Layout], items: list[Item], kept: list[int]) -> None:
@@ -300,8 +373,10 @@ def _warn(cfg: Config, summary: dict, crossing: int) -> None:
 
 
 def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dict, plan: Plan, spill: Spill,
-           sources: list[Source], layouts: list[Layout], quarantined: list[quarantine.Quarantined]) -> dict:
-    """Second pass: the kept rows in sorted order, split by split, then the manifest."""
+           sources: list[Source], layouts: list[Layout], quarantined: list[quarantine.Quarantined],
+           found: dict) -> dict:
+    """Second pass: the kept rows in sorted order, split by split, then the manifest (with ``found``:
+    the dicom, labels and patients sections)."""
     label = {c: k for k, c in enumerate(plan.classes)}
     writer = DatasetWriter(tmp, plan.classes, cfg.image_size, describe(settings, dedup.NEAR_MAX_DISTANCE),
                            shard_max_bytes=SHARD_MAX_BYTES)
@@ -312,7 +387,8 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
             if plan.split_of[j] == split and j not in plan.removed:
                 it, d = items[plan.kept[j]], results[plan.kept[j]]
                 cls = it.candidate.class_name
-                writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name, d.pixel_sha256))
+                writer.add(split, ImageRecord(spill.pixels(d), label[cls], cls, d.file_sha256, it.name, d.pixel_sha256,
+                                              it.patient))
                 written[it.source] += 1
                 bar.update()
         writer.flush(split)
@@ -335,6 +411,7 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
                 **({"extends": plan.extends} if plan.extends else {})},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
+        **found,
     )
 
 

@@ -2,7 +2,7 @@
 
 Input
     A pandas DataFrame with one column ``image``: the bytes of an image file (JPEG, PNG or
-    anything Pillow reads), one row per image, exactly as stored on disk. Over REST
+    anything Pillow reads, or a single-frame DICOM file), one row per image, exactly as stored on disk. Over REST
     (``mlflow models serve``) the same column carries base64 strings, which MLflow decodes
     because the signature declares the column ``binary``::
 
@@ -85,17 +85,22 @@ def predict_proba(model, meta: ModelMeta, images: list[bytes]) -> np.ndarray:
 
 def model_pixels(data: bytes, preprocessing: dict, size: int):
     """Encoded image -> uint8 3 x size x size tensor, exactly as training saw it: the ingest
-    decode and pad-to-square at the Dataset's size, then the loader's resize to the model's."""
+    decode (DICOM windowing included) and pad-to-square at the Dataset's size, then the loader's
+    resize to the model's. A multi-frame DICOM file is refused: a row is one image, and a volume
+    would need one answer per frame."""
     import torch
     from torchvision.transforms.v2 import functional as F
 
-    from entropy_ft.data.preprocess import BadImage, decode, fit_and_pad
+    from entropy_ft.data.preprocess import BadImage, decode_file, fit_and_pad
 
     ingest_size = int((preprocessing.get("ingest") or {}).get("image_size") or size)
     try:
-        pixels = fit_and_pad(decode(bytes(data)), ingest_size)
+        frames, _ = decode_file(bytes(data))
     except BadImage as exc:
         raise ValueError(f"column {IMAGE_COLUMN!r}: {exc.reason}") from None
+    if len(frames) != 1:
+        raise ValueError(f"column {IMAGE_COLUMN!r}: a DICOM file of {len(frames)} frames; send one frame per row")
+    pixels = fit_and_pad(frames[0], ingest_size)
     tensor = torch.tensor(pixels, dtype=torch.uint8)  # a copy: decoded arrays may be read-only
     tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tensor.shape[1:] != (size, size):
@@ -129,7 +134,8 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for package in ("entropy-ft", "torch", "torchvision", "numpy", "pillow", "safetensors", "pandas"):
+    for package in ("entropy-ft", "torch", "torchvision", "numpy", "pillow", "safetensors", "pandas", "pydicom",
+                    "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"):
         try:
             reqs.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

@@ -1,0 +1,240 @@
+"""`entropy-ft ingest` on hospital-style sources: DICOM mixed with JPEG, labels from a CSV file,
+patient keys that are hashed and never written raw."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+from dicomfiles import (
+    SYNTAX_VARIANTS,
+    instance_uid,
+    mr,
+    shipped,
+    unsupported_syntax,
+    without_pixels,
+)
+from imagefiles import imagefolder, make_tar, phantom_file, write_tree
+from pydicom.uid import RLELossless
+
+from entropy_ft import cli
+from entropy_ft.data.format import load_manifest, read_split
+from entropy_ft.data.patients import SALT_ENV
+from entropy_ft.steps import ingest
+
+SIZE = 32
+SALT = "test-salt"
+PATIENT = "HOSP-0042"  # a PatientID no artifact may contain
+
+
+def run(sources, out, **kw) -> dict:
+    kw.setdefault("workers", 1)
+    return ingest.run(ingest.Config(sources=tuple(str(s) for s in sources), out=str(out), image_size=SIZE, **kw))
+
+
+def hashed(key: str) -> str:
+    return hmac.new(SALT.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def all_rows(out) -> dict[str, dict]:
+    """source -> row (class_name, patient, split) over every split."""
+    rows = {}
+    for split in ("train", "val", "test"):
+        for r in read_split(out, split, ["source", "class_name", "patient"]).to_pylist():
+            rows[r["source"]] = {**r, "split": split}
+    return rows
+
+
+def artifact_text(out) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
+
+
+def test_mixed_dicom_and_jpeg_folder(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(SALT_ENV, SALT)
+    files = imagefolder(6, fmt="JPEG")
+    files.update({f"glioma/syntax/{name}": shipped(name) for name in SYNTAX_VARIANTS})  # one slice, six encodings
+    files.update({
+        "glioma/series7/IM000001": mr(11, patient=PATIENT),  # extension-less, DICM preamble
+        "meningioma/mono1.dcm": mr(12, patient=PATIENT, PhotometricInterpretation="MONOCHROME1"),
+        "pituitary/volume.dcm": mr(20, patient="HOSP-0043", frames=3, syntax=RLELossless),
+        "notumor/colour.dcm": shipped("SC_rgb_jpeg_dcmtk.dcm"),
+        "glioma/truncated.dcm": shipped("MR_truncated.dcm"),
+        "glioma/mpeg2.dcm": unsupported_syntax(),
+        "meningioma/report.dcm": without_pixels(),
+        "notumor/LICENSE": b"not an image, no extension\n",
+    })
+    out = tmp_path / "ds"
+    with caplog.at_level(logging.INFO):
+        summary = run([write_tree(tmp_path / "export", files)], out)
+
+    manifest = load_manifest(out)
+    expected = {"glioma/truncated.dcm": "dicom-truncated", "glioma/mpeg2.dcm": "dicom-unsupported-syntax",
+                "meningioma/report.dcm": "dicom-no-pixel-data", "notumor/LICENSE": "not-image"}
+    assert {e["file"]: e["kind"] for e in manifest.quarantine} == {f"export/{k}": v for k, v in expected.items()}
+    assert summary["quarantine"] == {"not-image": 1, "dicom-truncated": 1, "dicom-unsupported-syntax": 1,
+                                     "dicom-no-pixel-data": 1}
+    rows = all_rows(out)
+    assert len(rows) == summary["images"] == 24 + 6 + 1 + 1 + 3 + 1
+    assert {f"export/pituitary/volume.dcm#frame={k}" for k in (1, 2, 3)} <= set(rows)
+    assert rows["export/glioma/series7/IM000001"]["class_name"] == "glioma"
+    assert rows["export/meningioma/mono1.dcm"]["patient"] == hashed(PATIENT)
+    assert rows["export/pituitary/volume.dcm#frame=2"]["patient"] == hashed("HOSP-0043")
+    assert rows["export/glioma/gl_00000.jpeg"]["patient"] is None
+    assert manifest.dicom == {"images": 6 + 1 + 1 + 3 + 1, "windowing": {"colour": 1, "window": 11}}
+    # every DICOM image has a PatientID: the six encodings (one patient), ours (two), the colour file's
+    assert manifest.patients == {"images_with_key": 12, "distinct": 4, "salt": SALT_ENV}
+
+    # the six encodings of one slice decode to the same pixels: one exact-duplicate group
+    [group] = [g for g in manifest.duplicates["groups"] if g["kind"] == "exact"]
+    assert sorted(m["source"] for m in group["members"]) == sorted(f"export/glioma/syntax/{n}" for n in SYNTAX_VARIANTS)
+
+    # no header value anywhere: not in the shards, the manifest, the summary or the log
+    written = artifact_text(out) + json.dumps(summary).encode() + caplog.text.encode()
+    for secret in (PATIENT, "4MR1", instance_uid(11), SALT):  # 4MR1: MR_small's own PatientID
+        assert secret.encode() not in written, secret
+    assert "patient keys" not in caplog.text  # the salt was given: no warning
+
+
+def test_dicom_in_a_tar_without_salt_warns_and_keys_still_group(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    files = {**imagefolder(5, fmt="JPEG"), "glioma/a.dcm": mr(1, patient=PATIENT),
+             "glioma/b.dcm": mr(2, patient=PATIENT)}
+    src = make_tar(tmp_path / "export.tar.gz", files)
+    with caplog.at_level(logging.WARNING):
+        run([src], tmp_path / "ds")
+    rows = all_rows(tmp_path / "ds")
+    a, b = rows["export.tar.gz/glioma/a.dcm"]["patient"], rows["export.tar.gz/glioma/b.dcm"]["patient"]
+    assert a == b and a not in (None, hashed(PATIENT))  # same patient, same key; the salt was random
+    assert f"{SALT_ENV} is not set" in caplog.text
+    assert load_manifest(tmp_path / "ds").patients["salt"] == "random, this run only"
+
+
+def labelled_export(tmp_path):
+    """A flat export (no class folders): DICOM files, some extension-less, and JPEGs."""
+    files = {}
+    for k in range(8):
+        name = f"scans/s{k // 4}/IM{k:04d}" if k % 2 else f"scans/img{k}.dcm"
+        files[name] = mr(k + 1, patient=f"HOSP-{k // 2}")
+    for k in range(6):
+        files[f"photos/p{k}.jpg"] = phantom_file(k, "notumor" if k % 2 else "glioma", "JPEG")
+    files["scans/orphan.dcm"] = mr(30)  # no row names it
+    return write_tree(tmp_path / "export", files)
+
+
+def test_labels_csv_by_path_and_by_sop_instance_uid(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(SALT_ENV, SALT)
+    src = labelled_export(tmp_path)
+    lines = ["path,sop_instance_uid,label,patient"]
+    for k in range(8):  # DICOM: even ones by path, odd ones (extension-less) by their SOPInstanceUID
+        cls = "glioma" if k < 4 else "meningioma"
+        lines.append(f"scans/img{k}.dcm,,{cls}," if k % 2 == 0 else f",{instance_uid(k + 1)},{cls},")
+    for k in range(6):
+        lines.append(f"photos/p{k}.jpg,,{'no' if k % 2 else 'glioma'},FAM-{k}")  # 'no' is notumor, as a folder
+    lines.append("scans/gone.dcm,,glioma,")  # line 16: names no file
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.INFO):
+        summary = run([src], tmp_path / "ds", labels=str(tmp_path / "labels.csv"))
+
+    manifest = load_manifest(tmp_path / "ds")
+    rows = all_rows(tmp_path / "ds")
+    assert manifest.classes == ["glioma", "meningioma", "notumor"]
+    assert manifest.sources[0]["layout"] == "labels"
+    assert rows["export/scans/s0/IM0001"]["class_name"] == "glioma"  # matched by SOPInstanceUID
+    assert rows["export/scans/img6.dcm"]["class_name"] == "meningioma"  # matched by path
+    assert Counter(r["class_name"] for r in rows.values()) == {"glioma": 7, "meningioma": 4, "notumor": 3}
+    assert rows["export/scans/img2.dcm"]["patient"] == hashed("HOSP-1")  # DICOM PatientID
+    assert rows["export/photos/p3.jpg"]["patient"] == hashed("FAM-3")  # the file's patient column
+    assert manifest.labels == {"file": str(tmp_path / "labels.csv"), "rows": 15, "matched_rows": 14,
+                               "unmatched_rows": 1, "unmatched_lines": [16],
+                               "files_matched_by": {"path": 10, "sop_instance_uid": 4}, "unlabelled_files": 1}
+    [orphan] = manifest.quarantine
+    assert orphan["file"] == "export/scans/orphan.dcm" and orphan["kind"] == "unlabelled"
+    assert summary["labels"]["unlabelled_files"] == 1 and summary["quarantine"] == {"unlabelled": 1}
+    assert "1 rows name no file of the sources (lines 16)" in caplog.text
+    assert instance_uid(1).encode() not in artifact_text(tmp_path / "ds") + caplog.text.encode()
+
+
+def test_labels_csv_problems_exit_2_naming_file_and_column(tmp_path, capsys):
+    src = labelled_export(tmp_path)
+    out = str(tmp_path / "ds")
+
+    def error(*argv: str) -> str:
+        assert cli.main(["ingest", str(src), "--out", out, "--image-size", str(SIZE), "--workers", "1", *argv]) == 2
+        return capsys.readouterr().err
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,diagnosis\nscans/img0.dcm,glioma\n")
+    assert f"--labels {bad}: unknown column 'diagnosis'" in error("--labels", str(bad))
+    bad.write_text("path,patient\nscans/img0.dcm,P1\n")
+    assert f"--labels {bad}: no 'label' column" in error("--labels", str(bad))
+    bad.write_text("label\nglioma\n")
+    assert "needs a 'path' or a 'sop_instance_uid' column" in error("--labels", str(bad))
+    assert f"--labels {tmp_path / 'missing.csv'}" in error("--labels", str(tmp_path / "missing.csv"))
+    assert "--layout kaggle does not apply" in error("--labels", str(bad), "--layout", "kaggle")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_served_model_predicts_a_dicom_request_as_it_does_the_ingested_pixels(tmp_path):
+    """DICOM bytes sent to the served model get the probabilities the same model gives the pixels ingest
+    stored for that file (the tensors are identical, so the prediction is too)."""
+    import torch
+
+    from entropy_ft.artifacts import ModelMeta
+    from entropy_ft.data.loader import ParquetImages, to_model_input
+    from entropy_ft.model.factory import build_model
+    from entropy_ft.tracking.serving import model_pixels, predict_proba
+
+    dicom_files = {"glioma/a.dcm": mr(1), "meningioma/IM0002": mr(2, PhotometricInterpretation="MONOCHROME1"),
+                   "notumor/colour.dcm": shipped("SC_rgb_jpeg_dcmtk.dcm")}
+    src = write_tree(tmp_path / "src", {**imagefolder(4, fmt="JPEG"), **dicom_files})
+    run([src], tmp_path / "ds")
+    manifest = load_manifest(tmp_path / "ds")
+    meta = ModelMeta(arch="resnet18", classes=manifest.classes,
+                     preprocessing={"image_size": SIZE, "ingest": manifest.preprocessing})
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", len(manifest.classes), "none")
+    model.eval()
+    found = 0
+    for split in ("train", "val", "test"):
+        loaded = ParquetImages(tmp_path / "ds", split, image_size=SIZE)
+        for i, source in enumerate(read_split(tmp_path / "ds", split, ["source"]).column("source").to_pylist()):
+            data = dicom_files.get(source.split("/", 1)[1])
+            if data is None:
+                continue
+            found += 1
+            stored = loaded.pixels(i)
+            assert torch.equal(model_pixels(data, meta.preprocessing, SIZE), stored), source
+            with torch.inference_mode():
+                expected = torch.softmax(model(to_model_input(stored[None], torch.device("cpu"), channels_last=False)),
+                                         dim=1).double().numpy()
+            served = predict_proba(model, meta, [data])
+            assert served.argmax() == expected.argmax() and np.allclose(served, expected, atol=1e-6), source
+    assert found == len(dicom_files)
+    with pytest.raises(ValueError, match="3 frames; send one frame per row"):
+        model_pixels(mr(40, frames=3), meta.preprocessing, SIZE)
+
+
+def test_extensionless_dicom_from_an_s3_prefix_with_labels_from_s3(s3_endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv(SALT_ENV, SALT)
+    s3_endpoint.make_bucket("pacs")
+    client = s3_endpoint.client()
+    for k in range(10):
+        client.put_object(Bucket="pacs", Key=f"export/study{k % 2}/IM{k:04d}", Body=mr(k + 1, patient=f"HOSP-{k}"))
+    client.put_object(Bucket="pacs", Key="export/notes.txt", Body=b"exported by the PACS\n")
+    csv = "sop_instance_uid,label\n" + "".join(f"{instance_uid(k + 1)},{'glioma' if k < 5 else 'notumor'}\n"
+                                               for k in range(10))
+    client.put_object(Bucket="pacs", Key="labels.csv", Body=csv.encode())
+
+    summary = ingest.run(ingest.Config(sources=("s3://pacs/export",), out=str(tmp_path / "ds"), image_size=SIZE,
+                                       labels="s3://pacs/labels.csv", workers=1))
+    assert summary["images"] == 10 and summary["quarantine"] == {"not-image": 1}
+    assert summary["labels"]["files_matched_by"] == {"path": 0, "sop_instance_uid": 10}
+    rows = all_rows(tmp_path / "ds")
+    assert Counter(r["class_name"] for r in rows.values()) == {"glioma": 5, "notumor": 5}
+    assert rows["export/study1/IM0003"] == {**rows["export/study1/IM0003"], "class_name": "glioma",
+                                           "patient": hashed("HOSP-3")}
