@@ -47,6 +47,52 @@ def registration_markdown(summary: dict) -> str:
                             [[sigma, c["metric"], c["images"], _num(c["candidate"]), _num(c["champion"]),
                               _num(c["delta"], [c["ci_low"], c["ci_high"]]), f"{c['p_better']:.4g}",
                               f"{c['p_worse']:.4g}", c["test"]] for sigma, c in comparisons.items()]))
+    if summary.get("drift"):
+        text += drift_markdown(summary["drift"])
+    return text
+
+
+def drift_sentence(drift: Mapping) -> str:
+    """One line on drift against the champion's training data, for the model card."""
+    if "unavailable" in drift:
+        return f"Drift against the champion's training data: not measured ({drift['unavailable']})"
+    f, cb, it = drift["features"], drift["class_balance"], drift["intensity"]
+    head = f"Drift against champion v{drift.get('champion')}'s training data: "
+    mix = f"class mix total variation {cb['total_variation']:.3f} (chi-square p={cb['chi2_p']:.3g})"
+    if not f:
+        return head + f"no new training images; {mix}"
+    verdict = "**drift**" if drift["drift"] else "no drift"
+    return (head + f"{verdict} (domain-classifier AUC {f['domain_auc']:.3f}, p={f['p_value']:.3g}, threshold "
+            f"{drift['threshold']:.2f}, on {drift['images']['new_in_candidate'] or 'all'} new images); {mix}; mean "
+            f"intensity KS {it['mean_ks']:.3f} (p={it['mean_p']:.3g})")
+
+
+def drift_markdown(drift: Mapping) -> str:
+    """The drift section of the registration report: each view with its test."""
+    text = "\n## Drift against the champion's training data\n\n"
+    if "unavailable" in drift:
+        return text + f"Not measured: {drift['unavailable']}.\n"
+    f, cb, it, n = drift["features"], drift["class_balance"], drift["intensity"], drift["images"]
+    text += (f"Reference: {drift.get('reference')} (champion v{drift.get('champion')}). Verdict: "
+             f"**{'drift' if drift['drift'] else 'no drift'}** (flag at domain AUC >= {drift['threshold']:.2f}).")
+    rows = [["class mix", f"TV {cb['total_variation']:.3f}", f"{cb['chi2_p']:.3g}", "chi-square homogeneity"]]
+    if f:
+        new = f"{n['new_in_candidate']:,} new" if n["new_in_candidate"] else "training"
+        text += (f" Sampled: {n['reference']} of the champion's training images, {n['candidate']} of this run's "
+                 f"{new} ones.")
+        rows = [["penultimate features", f"AUC {f['domain_auc']:.3f}", f"{f['p_value']:.3g}",
+                 f"logistic-regression domain classifier, 5-fold CV, {f['permutations']} permutations"], *rows,
+                ["mean intensity", f"KS {it['mean_ks']:.3f} ({it['mean_reference']:.3f} -> {it['mean_candidate']:.3f})",
+                 f"{it['mean_p']:.3g}", "two-sample Kolmogorov-Smirnov"],
+                ["intensity std", f"KS {it['std_ks']:.3f} ({it['std_reference']:.3f} -> {it['std_candidate']:.3f})",
+                 f"{it['std_p']:.3g}", "two-sample Kolmogorov-Smirnov"]]
+    else:
+        text += " Every training image of this run is in the champion's data: only the class mix is compared."
+    text += "\n\n" + md_table(["view", "score", "p-value", "test"], rows)
+    classes = sorted(cb["reference"])
+    text += "\nClass shares (champion's data -> this run's):\n\n" + md_table(
+        ["class", "champion", "this run"], [[c, f"{cb['reference'][c]:.3f}", f"{cb['candidate'][c]:.3f}"]
+                                             for c in classes])
     return text
 
 
@@ -73,11 +119,13 @@ INTENDED_USE = (
 
 
 def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping, gate: Mapping,
-               manifest: Mapping | None = None, dataset: str | None = None, dataset_digest: str | None = None) -> str:
+               drift: Mapping | None = None, manifest: Mapping | None = None, dataset: str | None = None,
+               dataset_digest: str | None = None) -> str:
     """The registered version's description in the MLflow UI: what a reviewer needs before trusting it.
 
     ``meta`` is model.json, ``evaluation`` eval.json, ``gate`` the register step's decision
-    (gate_metric, value, champion_before, promoted, reason with the head-to-head evidence), ``manifest``
+    (gate_metric, value, champion_before, promoted, reason with the head-to-head evidence), ``drift`` the
+    drift report against the champion's training data (or why there is none), ``manifest``
     the Dataset's manifest.json (at ``dataset``, its sha256 ``dataset_digest``) when the register
     step could read it.
     """
@@ -101,6 +149,8 @@ def model_card(model_name: str, version: str, meta: Mapping, evaluation: Mapping
                          f"{dup.get('cross_split_exact_groups', 0) + dup.get('cross_split_near_groups', 0)} "
                          f"crossing splits, {dup.get('removed', 0)} removed")
         lines.append(f"- Quarantined files: {len(manifest.get('quarantine') or [])}")
+    if drift:
+        lines.append(f"- {drift_sentence(drift)}")
     size = (meta.get("preprocessing") or {}).get("image_size")
     lines.append(f"- Classes: {', '.join(meta.get('classes') or [])}; input {size} px")
     lines += ["", "## Model and layer selection", ""]

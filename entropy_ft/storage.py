@@ -23,6 +23,13 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def durable_uri(uri: str) -> str:
+    """The URI a later run can read an artifact at. KFP names MinIO-backed artifacts
+    ``minio://bucket/key`` (and GCS ones ``gs://``); MinIO serves the same object as
+    ``s3://bucket/key`` through the S3 API this module speaks."""
+    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+
+
 @dataclass(frozen=True)
 class S3Location:
     bucket: str

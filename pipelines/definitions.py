@@ -120,7 +120,7 @@ PARAMS: list[Param] = [
     *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise"),
     *_same(evaluate_step.Config, "noise"),
     *_same(register_step.Config, "model_name", "promote", "gate_metric", "gate_alpha", "gate_min_delta",
-           pipelines=("training",)),
+           "drift_threshold", pipelines=("training",)),
 ]
 
 
@@ -183,7 +183,8 @@ def _training(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamesp
     reg = c["register"](model=ft.outputs["model"], evaluation=ev.outputs["evaluation"], dataset=ing.outputs["dataset"],
                         profile=prof.outputs["profile"], selection=sel.outputs["selection"],
                         model_name=p.model_name, promote=p.promote, gate_metric=p.gate_metric,
-                        gate_alpha=p.gate_alpha, gate_min_delta=p.gate_min_delta, mlflow_run_id=ft.outputs["Output"],
+                        gate_alpha=p.gate_alpha, gate_min_delta=p.gate_min_delta, drift_threshold=p.drift_threshold,
+                        mlflow_run_id=ft.outputs["Output"],
                         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         pipeline_name=TRAINING)
     _configure(opts, cache, ing, prof, sel, ft, ev, reg)

@@ -122,7 +122,7 @@ def test_register_records_a_version_in_the_embedded_store(chain, monkeypatch):
     version = C["register"].python_func(
         model=chain["model"], evaluation=chain["evaluation"], profile=chain["profile"], selection=chain["selection"],
         dataset=chain["dataset"], model_name="components-test", promote="better", gate_metric="macro_f1",
-        gate_alpha=0.05, gate_min_delta=0.005, mlflow_run_id="", kfp_run_id="", kfp_run_name="",
+        gate_alpha=0.05, gate_min_delta=0.005, drift_threshold=0.75, mlflow_run_id="", kfp_run_id="", kfp_run_name="",
         pipeline_name="test", report=report)
     assert version == "1"
     text = Path(report.path).read_text()

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest, Evaluation, ModelMeta, Profile, Selection
-from entropy_ft.errors import UserError
+from entropy_ft.errors import UserError, short
 from entropy_ft.logs import log
-from entropy_ft.options import Options, below, fraction, option
-from entropy_ft.reports import model_card
+from entropy_ft.options import Options, below, between, fraction, option
+from entropy_ft.reports import flatten_numbers, model_card
 from entropy_ft.tracking import registry
 from entropy_ft.tracking import runs as tracking
+
+DATASET_TAG = registry.TAG_PREFIX + "dataset_uri"  # on every version: its data, for the next run's drift report
 
 
 def _model_name_problem(name: str) -> str | None:
@@ -50,12 +52,17 @@ class Config(Options):
     gate_alpha: float = option(0.05, check=fraction(0, 1), help="significance level of the gate's paired test")
     gate_min_delta: float = option(0.005, check=below(0, 1),
                                    help="smallest gain of the gate metric that can promote, on the shared images")
+    drift_threshold: float = option(
+        0.75, check=between(0.5, 1), help="domain-classifier AUC (champion's training data against this run's) from "
+                                          "which the data counts as drifted: a warning and tag drift=true")
     run_id: str | None = option(None, help="MLflow run of this pipeline run to log into (default: create one)")
     run_name: str | None = option(None, help="name for a newly created MLflow run")
     dataset: str | None = option(
         None, metavar="DATASET", help="the Dataset the model was trained and tested on: logged as the run's dataset "
                                       "inputs and summarised in the model card (default: the one eval.json names, "
                                       "when it can be read)")
+    dataset_uri: str | None = option(None, cli=False, help="where later runs can read --dataset (the KFP artifact's "
+                                                         "URI when --dataset is the task's local copy)")
     profile: str | None = option(None, metavar="URI", help="profile.json to log with the run (optional)")
     selection: str | None = option(
         None, metavar="URI", help="selection.json to log with the run (default: the copy in the model's model.json)")
@@ -111,6 +118,7 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
     tags = tracking.pipeline_tags(cfg.kfp_run_id, cfg.kfp_run_name, cfg.pipeline_name)
     run_id = tracking.ensure_run(cfg.run_id, run_name, tags)
     data_uri = DatasetManifest.folder_of(dataset.origin.uri) if dataset is not None else None
+    durable = cfg.dataset_uri or data_uri  # what the run's inputs and the version's tag record
     with tracking.active_run(run_id):
         tracking.log_params(run_id, tracking.run_params(profile=profile, selection=selection, model_meta=meta))
         for name, doc, uri in (("profile", profile, cfg.profile and Profile.file_in(cfg.profile)),
@@ -120,15 +128,24 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
             _log_sibling_png(run_id, uri, name)
         metrics = tracking.log_evaluation(run_id, evaluation)
         if dataset is not None:
-            tracking.log_dataset_splits(run_id, data_uri, dataset.totals or {}, dataset.counts or {},
+            tracking.log_dataset_splits(run_id, durable, dataset.totals or {}, dataset.counts or {},
                                         dataset.origin.sha256)
         _log_sibling_png(run_id, Evaluation.file_in(cfg.eval), "eval")
         value = registry.metric_value(evaluation, metric)
         champion_before = registry.champion_version(client, cfg.model_name)
-        comparisons, unavailable = {}, None
-        if cfg.promote == "better" and champion_before is not None:
-            comparisons, unavailable = _head_to_head(cfg, metric, Path(model_dir), champion_before, gate_data,
-                                                     int(evaluation.get("seed") or 0))
+        seed = int(evaluation.get("seed") or 0)
+        comparisons, unavailable, drift = {}, None, None
+        if champion_before is not None:
+            with tempfile.TemporaryDirectory(prefix="entropy-ft-champion-") as tmp:
+                try:
+                    champion_dir = registry.download_model_dir(cfg.model_name, champion_before, Path(tmp))
+                except (UserError, OSError) as exc:
+                    champion_dir, unavailable = None, f"its model could not be loaded ({exc})"
+                if champion_dir is not None and cfg.promote == "better":
+                    comparisons, unavailable = _head_to_head(metric, Path(model_dir), champion_before, champion_dir,
+                                                             gate_data, seed)
+                drift = _drift(cfg, client, champion_before, champion_dir, data_uri, seed)
+            _log_drift(run_id, drift)
         comparison = comparisons.get(metric.sigma)
         decision = registry.decide(cfg.promote, champion_before, comparison,
                                    [c for s, c in comparisons.items() if s != metric.sigma],
@@ -138,13 +155,14 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
 
         info = serving.log_pyfunc(model_dir, meta)
         extra = {"arch": meta["arch"], "strategy": str((selection or {}).get("strategy")),
-                 "data_manifest_sha256": str(meta.get("data_manifest_sha256"))}
+                 "data_manifest_sha256": str(meta.get("data_manifest_sha256")), **drift_tags(drift),
+                 **({"dataset_uri": durable} if durable else {})}
         tags = registry.version_tags(metrics, metric, value, decision, champion_before, comparison, extra)
         version = registry.create_version(client, cfg.model_name, info.model_uri, tags)
         gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
                 "promoted": decision.promote, "reason": decision.reason}
-        card = model_card(cfg.model_name, version, meta, evaluation, gate, *(
-            (dataset.to_json(), data_uri, dataset.origin.sha256) if dataset is not None else ()))
+        card = model_card(cfg.model_name, version, meta, evaluation, gate, drift, *(
+            (dataset.to_json(), durable, dataset.origin.sha256) if dataset is not None else ()))
         client.update_model_version(cfg.model_name, version, description=tracking.redact(card))
         tracking.set_description(run_id, card)
         registry.set_aliases(client, cfg.model_name, version, decision.promote)
@@ -163,10 +181,11 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
         "promoted": decision.promote,
         "reason": decision.reason,
         "comparison": {f"{s:g}": c.to_json() for s, c in comparisons.items()},
+        "drift": drift,
     }
 
 
-def _head_to_head(cfg: Config, metric: registry.GateMetric, model_dir: Path, champion: str,
+def _head_to_head(metric: registry.GateMetric, model_dir: Path, champion: str, champion_dir: Path,
                   gate_data: DatasetManifest | None, seed: int) -> tuple[dict, str | None]:
     """Candidate and champion on the gate data's test split at sigma 0 and the gate's sigma:
     ({sigma: PairedComparison}, None), or ({}, why there is no comparison)."""
@@ -174,23 +193,66 @@ def _head_to_head(cfg: Config, metric: registry.GateMetric, model_dir: Path, cha
 
     if gate_data is None:
         return {}, "no data to compare them on (pass --gate-data or --dataset)"
-    with tempfile.TemporaryDirectory(prefix="entropy-ft-champion-") as tmp:
+    folder = DatasetManifest.folder_of(gate_data.origin.uri)
+    with storage.local_copy(folder) as root:
         try:
-            champion_dir = registry.download_model_dir(cfg.model_name, champion, Path(tmp))
-        except (UserError, OSError) as exc:
-            return {}, f"its model could not be loaded ({exc})"
-        folder = DatasetManifest.folder_of(gate_data.origin.uri)
-        with storage.local_copy(folder) as root:
-            try:
-                found = head_to_head(model_dir, champion_dir, root, metric.name, sorted({0.0, metric.sigma}),
-                                     seed)
-            except UserError as exc:
-                return {}, str(exc)
+            found = head_to_head(model_dir, champion_dir, root, metric.name, sorted({0.0, metric.sigma}), seed)
+        except UserError as exc:
+            return {}, str(exc)
     for c in found.values():
         log.info("gate at sigma %g: candidate %.4f, champion v%s %.4f on %d images, delta %+.4f (95%% CI %+.4f to "
                  "%+.4f), p=%.4g (%s)", c.sigma, c.candidate, champion, c.champion, c.images, c.delta, c.ci_low,
                  c.ci_high, c.p_better, c.test)
     return found, None
+
+
+def _drift(cfg: Config, client, champion: str, champion_dir: Path | None, data_uri: str | None, seed: int) -> dict:
+    """The drift report of this run's data against the champion's training data, or why there is none."""
+    from entropy_ft.evaluation import drift
+
+    reference = client.get_model_version(cfg.model_name, champion).tags.get(DATASET_TAG)
+    why = ("the champion's model could not be loaded" if champion_dir is None
+           else "this run's dataset is not known (pass --dataset)" if data_uri is None
+           else f"v{champion} does not record its dataset (tag {DATASET_TAG})" if not reference else None)
+    if why:
+        log.warning("no drift report: %s", why)
+        return {"unavailable": why}
+    try:
+        with storage.local_copy(reference) as ref_root, storage.local_copy(data_uri) as root:
+            report = drift.measure(champion_dir, ref_root, root, seed, cfg.drift_threshold)
+    except (UserError, OSError) as exc:
+        log.warning("no drift report: the champion's dataset %s could not be read (%s)", reference, short(exc))
+        return {"unavailable": f"the champion's dataset {reference} could not be read ({short(exc)})"}
+    report = {"reference": reference, "champion": champion, **report}
+    if report["drift"]:
+        log.warning("DRIFT: this run's training data differs from champion v%s's: domain-classifier AUC %.3f >= "
+                    "%.2f; check the new scans before trusting the comparison", champion,
+                    report["features"]["domain_auc"], cfg.drift_threshold)
+    return report
+
+
+def drift_tags(drift: dict | None) -> dict[str, str]:
+    """Version tags (after the entropy_ft. prefix) that put the drift verdict in the registry's list view."""
+    if drift is None:
+        return {}
+    if "unavailable" in drift:
+        return {"drift": "unavailable", "drift.reason": drift["unavailable"]}
+    tags = {"drift": str(drift["drift"]).lower(), "drift.reference": drift["reference"],
+            "drift.class_tv": repr(drift["class_balance"]["total_variation"])}
+    if drift["features"]:
+        tags.update({"drift.domain_auc": repr(drift["features"]["domain_auc"]),
+                     "drift.domain_auc_p": repr(drift["features"]["p_value"]),
+                     "drift.intensity_mean_ks": repr(drift["intensity"]["mean_ks"])})
+    return tags
+
+
+def _log_drift(run_id: str, drift: dict | None) -> None:
+    """The scores as run metrics (comparable across weeks in the UI) and the whole report as drift.json."""
+    if drift and "unavailable" not in drift:
+        tracking.log_metrics(run_id, flatten_numbers({k: drift[k] for k in ("class_balance", "intensity", "features")
+                                                      if drift[k]}, "drift_"))
+    if drift:
+        tracking.log_json(run_id, "drift.json", drift)
 
 
 def _log_sibling_png(run_id: str, json_uri: str | None, name: str) -> None:

@@ -367,6 +367,15 @@ def log_evaluation(run_id: str, evaluation: Mapping) -> dict[str, float]:
     return metrics
 
 
+def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Named numbers at step 0, in one batch (e.g. the drift scores)."""
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    with tracking_errors():
+        connect().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
 def log_dataset_splits(run_id: str, uri: str, totals: Mapping[str, int], counts: Mapping[str, Mapping[str, int]],
                        digest: str) -> None:
     """The Dataset's train, val and test splits as the run's dataset inputs: one name and digest
