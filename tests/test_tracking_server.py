@@ -2,7 +2,9 @@
 
 The steps log in sequence to one run, ``register`` creates versions behind the gate, the
 champion serves real Kaggle JPEGs, and faults (server down, a registration that fails half
-way) move no alias and leak no credential.
+way) move no alias and leak no credential. Against MLflow's ``basic-auth`` app (the production
+overlay's server): anonymous requests get 401, the pipeline's user registers, and a refused
+login or a missing permission exits 2 with one line, moving no alias and leaking no password.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from mlflow_server import mlflow_server  # noqa: F401  (pytest fixture)
+from mlflow_server import mlflow_auth_server, mlflow_server  # noqa: F401  (pytest fixtures)
 
 from entropy_ft import cli
 from entropy_ft.data.loader import IMAGENET_MEAN, IMAGENET_STD
@@ -377,3 +380,127 @@ def test_registration_failing_half_way_moves_no_alias(server_env, model_dir, tmp
     assert aliases(client) == before
     failed = client.search_runs([tracking.experiment_id()], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert failed.info.status == "FAILED"
+
+
+# --------------------------------------------------------------------------- authentication
+
+AUTH_EXPERIMENT = "entropy-ft-auth-tests"
+PIPELINE_USER = "pipeline"  # its password is MARKER: what the entropy-ft-mlflow Secret holds
+VIEWER = ("viewer", "viewer-password-not-a-secret")  # a colleague with the default permission, READ
+WRONG = "Wr0ng-" + MARKER[::-1]
+
+
+def http(url: str, body: dict | None = None, auth: tuple[str, str] | None = None):
+    """Status and headers (case-insensitive) of a GET, or of a JSON POST when ``body`` is given, with HTTP basic
+    auth when given."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers
+
+
+@pytest.fixture(scope="module")
+def auth_users(mlflow_auth_server):  # noqa: F811
+    """The admin creates the pipeline's user and a viewer through the REST call docs/deploy.md shows."""
+    for user, password in ((PIPELINE_USER, MARKER), VIEWER):
+        status, _ = http(f"{mlflow_auth_server.url}/api/2.0/mlflow/users/create",
+                         {"username": user, "password": password}, mlflow_auth_server.admin)
+        assert status == 200, (user, status)
+    return mlflow_auth_server
+
+
+@pytest.fixture
+def auth_env(auth_users, monkeypatch):
+    """This process is a pipeline pod: the tracking URI and the pipeline user's credentials in the environment."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_users.url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", AUTH_EXPERIMENT)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MARKER)
+    return auth_users
+
+
+def test_anonymous_and_wrong_logins_are_refused(mlflow_auth_server):  # noqa: F811
+    url, admin = mlflow_auth_server.url, mlflow_auth_server.admin
+    paths = ["/api/2.0/mlflow/experiments/search?max_results=1", "/api/2.0/mlflow/registered-models/search",
+             "/api/2.0/mlflow/metrics/get-history?run_id=0&metric_key=m", "/api/2.0/mlflow-artifacts/artifacts", "/"]
+    for path in paths:
+        status, headers = http(url + path)
+        assert status == 401, path
+        assert headers.get("WWW-Authenticate", "").startswith("Basic"), path  # the browser asks for a login
+        assert http(url + path, auth=(admin[0], WRONG))[0] == 401, path
+    assert http(url + paths[0], auth=admin)[0] == 200
+    assert http(f"{url}/health")[0] == 200  # the probes need no login
+
+
+def _auth_client(server):
+    """A client that logs in as the pipeline's user, whatever this process's environment says."""
+    from mlflow import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", MARKER)
+        client = MlflowClient(server.url, server.url)
+        return {"aliases": dict(client.get_registered_model(MODEL).aliases),
+                "versions": len(client.search_model_versions(f"name='{MODEL}'"))}
+
+
+def test_register_logs_in_as_the_pipeline_user_and_leaks_no_password(auth_env, model_dir, tmp_path, capfd):
+    code, summary, err = register(capfd, model_dir, write_eval(tmp_path / "eval.json", 0.6), "--promote", "always")
+    assert code == 0, err
+    state = _auth_client(auth_env)
+    assert state["aliases"] == {"champion": summary["version"], "challenger": summary["version"]}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(auth_env.url, auth_env.url)
+    run = client.get_run(summary["run_id"])
+    version = client.get_model_version(MODEL, summary["version"])
+    objects = {k: v for k, v in bucket_objects(auth_env).items() if k.startswith(auth_env.prefix + "/")}
+    assert any(k.endswith("weights.safetensors") for k in objects), "the model's weights are not in the bucket"
+    written = json.dumps([run.data.params, run.data.tags, version.tags, version.description, summary]) + err
+    assert MARKER not in written
+    assert not [k for k, body in objects.items() if MARKER.encode() in body]
+    assert MARKER not in auth_env.log.read_text(errors="replace")  # nor in the server's own log
+
+
+@pytest.mark.parametrize("login", ["wrong password", "no credentials"])
+def test_refused_login_exits_2_in_one_line_and_moves_no_alias(auth_env, model_dir, tmp_path, capfd, monkeypatch,
+                                                               login):
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5), "--promote", "never")
+    assert code == 0, err
+    before = _auth_client(auth_env)
+
+    if login == "wrong password":
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", WRONG)
+        who = f"for user '{PIPELINE_USER}'"
+    else:  # the optional entropy-ft-mlflow Secret was never created
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        who = "without MLFLOW_TRACKING_USERNAME"
+    started = time.monotonic()
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    assert code == 2
+    assert time.monotonic() - started < 30  # a 401 is not retried
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert line.startswith(f"entropy-ft register: error: MLflow tracking at {auth_env.url}: authentication failed "
+                           f"{who} (HTTP 401)"), line
+    assert "Traceback" not in err and WRONG not in err and MARKER not in err
+    assert _auth_client(auth_env) == before  # no alias moved, no version created
+
+
+def test_a_user_without_edit_permission_is_told_so(auth_env, model_dir, tmp_path, capfd, monkeypatch):
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5), "--promote", "never")
+    assert code == 0, err  # the experiment and the model exist, owned by the pipeline's user
+    before = _auth_client(auth_env)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", VIEWER[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", VIEWER[1])
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    assert code == 2 and "Traceback" not in err
+    assert f"MLflow tracking at {auth_env.url}: permission denied to user '{VIEWER[0]}' (HTTP 403)" in err, err
+    assert _auth_client(auth_env) == before

@@ -135,16 +135,21 @@ def version_tags(metrics: Mapping[str, float], metric: GateMetric, value: float 
 
 
 def champion_version(client, model_name: str) -> str | None:
-    """The version the ``champion`` alias points at, or None when there is none."""
+    """The version the ``champion`` alias points at, or None when there is none.
+
+    Read from the registered model's aliases, not by asking for the alias: behind MLflow's
+    ``basic-auth`` app that request answers 403, not 404, for a model that does not exist yet,
+    which would fail every first registration."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+        model = client.get_registered_model(model_name)
     except MlflowException as exc:
-        # no such registered model: RESOURCE_DOES_NOT_EXIST; a model without the alias: "alias ... not found"
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(exc) and "not found" in str(exc):
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else str(version)
 
 
 def download_model_dir(model_name: str, version: str, dst: Path) -> Path:

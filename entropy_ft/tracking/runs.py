@@ -22,10 +22,12 @@ How a step uses it::
 
 Faults: HTTP calls are retried by MLflow's own client with a short, bounded backoff (about
 four tries within ten seconds unless ``MLFLOW_HTTP_REQUEST_*`` say otherwise); after that the
-step fails with a :class:`UserError` naming the tracking URI. Credentials never leave the
-process: :func:`redact` strips ``user:password@`` from URIs and masks the values of the
-credential variables in every message, param and tag written here, and no environment is
-ever logged.
+step fails with a :class:`UserError` naming the tracking URI. A server behind MLflow's
+``basic-auth`` app that refuses ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+(401, never retried) or denies the user an action (403) fails the same way, saying which.
+Credentials never leave the process: :func:`redact` strips ``user:password@`` from URIs and
+masks the values of the credential variables in every message, param and tag written here,
+and no environment is ever logged.
 """
 
 from __future__ import annotations
@@ -112,7 +114,26 @@ def tracking_errors() -> Iterator[None]:
     except (MlflowException, requests.RequestException, OSError) as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"MLflow tracking at {redact(tracking_uri())}: {redact(short(exc))}") from None
+        raise UserError(f"MLflow tracking at {redact(tracking_uri())}: {redact(_problem(exc))}") from None
+
+
+def _problem(exc: Exception) -> str:
+    """What went wrong, in words a user can act on: a refused login or a missing permission says so
+    (the server's own text is a generic 401/403 page), anything else is the exception's first line."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):  # REST calls: the HTTP status survives as the error code
+        status = exc.get_http_status_code()
+    else:  # artifact uploads through the server: requests.HTTPError
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        who = f"for user {user!r}" if user else "without MLFLOW_TRACKING_USERNAME"
+        return (f"authentication failed {who} (HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "to an MLflow user's credentials (in the cluster: the Secret entropy-ft-mlflow, docs/deploy.md)")
+    if status == 403:
+        return f"permission denied to user {user!r} (HTTP 403); an MLflow admin must grant it: {short(exc)}"
+    return short(exc)
 
 
 def connect():
