@@ -326,12 +326,86 @@ def test_local_overlay_is_small_and_production_is_larger_and_stateless(rendered)
     assert one(local, "Deployment", "mlflow")["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_production_mlflow_requires_a_login_and_local_stays_open(rendered):
+    local = only_container(rendered["local"], "Deployment", "mlflow")
+    assert local["command"] == ["mlflow", "server"]  # a laptop cluster: the NetworkPolicy only
+
+    mlflow = only_container(rendered["production"], "Deployment", "mlflow")
+    shell, flag, script, _ = mlflow["command"]
+    assert (shell, flag) == ("/bin/sh", "-ec")
+    assert 'exec mlflow server --app-name basic-auth "$@"' in script
+    env = env_of(mlflow)
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                 "MLFLOW_AUTH_DATABASE_URI"):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+    # Every replica uses one user store (PostgreSQL) and one Flask key: a login works on either.
+    assert one(rendered["production"], "Deployment", "mlflow")["spec"]["replicas"] >= 2
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    assert any(ini.startswith(m["mountPath"] + "/") for m in mlflow["volumeMounts"]), "the ini's folder is read-only"
+
+
+def _run_mlflow_start(container: dict, tmp_path, secrets: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The container's command and args under /bin/sh, with the Secrets' values in the environment and a
+    stand-in `mlflow` that records its arguments, its environment and the file mode of the ini."""
+    env = {name: entry["value"] for name, entry in env_of(container).items() if "value" in entry}
+    env |= {**secrets, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"), "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    fake = tmp_path / "mlflow"
+    fake.write_text(f"""#!/bin/sh
+printf '%s\n' "$@" > {tmp_path}/args
+env > {tmp_path}/env
+stat -c %a "$MLFLOW_AUTH_CONFIG_PATH" > {tmp_path}/mode
+""")
+    fake.chmod(0o755)
+    return subprocess.run([*container["command"], *container["args"]], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def test_production_mlflow_renders_its_auth_ini_from_the_secrets(rendered, tmp_path, monkeypatch):
+    """The start script writes what MLflow's own config reader reads back exactly, passwords with '%' and
+    quotes included, then runs the basic-auth server without the admin's credentials in its environment."""
+    from mlflow.server.auth.config import read_auth_config
+
+    container = only_container(rendered["production"], "Deployment", "mlflow")
+    secrets = {"MLFLOW_AUTH_ADMIN_USERNAME": "root-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "p%(x)s 100% $HOME \"'q",
+               "MLFLOW_AUTH_DATABASE_URI": "postgresql://auth:p%40ss@db.example:5432/mlflow_auth",
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-key-for-csrf"}
+    result = _run_mlflow_start(container, tmp_path, secrets)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "args").read_text().splitlines() == ["server", "--app-name", "basic-auth", *container["args"]]
+    assert (tmp_path / "mode").read_text().strip() == "600"  # only the server's user reads the password
+
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # MLflow prefers these to the ini; the script unsets them
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / "basic_auth.ini"))
+    config = read_auth_config()
+    assert (config.admin_username, config.admin_password) == ("root-admin", secrets["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    assert config.database_uri == secrets["MLFLOW_AUTH_DATABASE_URI"]
+    assert config.default_permission == env_of(container)["MLFLOW_AUTH_DEFAULT_PERMISSION"]["value"] == "READ"
+
+    server_env = (tmp_path / "env").read_text()
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in server_env and "p%(x)s" not in server_env
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY=flask-key-for-csrf" in server_env.splitlines()  # MLflow reads it itself
+    assert "p%(x)s" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("password", "says"), [("", "MLFLOW_AUTH_ADMIN_PASSWORD: is empty"),
+                                                ("two\nlines-secret", "admin_password: the value holds a line break")])
+def test_production_mlflow_refuses_to_start_on_a_bad_secret(rendered, tmp_path, password, says):
+    container = only_container(rendered["production"], "Deployment", "mlflow")
+    secrets = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+               "MLFLOW_AUTH_DATABASE_URI": "sqlite:////tmp/auth.db", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k"}
+    result = _run_mlflow_start(container, tmp_path, secrets)
+    assert result.returncode != 0 and not (tmp_path / "args").exists()  # the server never starts
+    assert says in result.stderr and "lines-secret" not in result.stderr
+
+
 def test_deploy_doc_covers_apply_port_forward_and_endpoints():
     doc = _deploy_doc()
     for overlay in OVERLAYS:
         assert f"kubectl apply -k manifests/overlays/{overlay}" in doc
     assert re.search(rf"{KUBECTL_NS}port-forward svc/mlflow 5000:5000", doc)
     assert "MLFLOW_TRACKING_URI=http://mlflow." in doc and "AWS_ENDPOINT_URL=http://minio." in doc
+    assert "/api/2.0/mlflow/users/create" in doc  # how the admin adds users (tests/test_tracking_server.py does it)
 
 
 

@@ -92,6 +92,35 @@ def test_retries_caching_and_secret_references(compiled):
     assert secrets["exec-finetune"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
 
 
+def _talks_to_mlflow(stage: str) -> bool:
+    """Whether a stage's component or step uses entropy_ft.tracking (the MLflow client), read from the source."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = [repo / "components" / f"{stage}.py", repo / "entropy_ft" / "steps" / f"{stage}.py"]
+    return any("entropy_ft.tracking" in path.read_text() for path in sources if path.exists())
+
+
+@pytest.mark.parametrize("name", ["training", "ablation"])
+def test_every_step_that_talks_to_mlflow_can_log_in(compiled, name):
+    """The production MLflow refuses anonymous requests: each step that uses the MLflow client gets the tracking
+    URI and MLFLOW_TRACKING_USERNAME / _PASSWORD from the optional entropy-ft-mlflow Secret; no other step does."""
+    _, _, platform = compiled[name]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    talking = set()
+    for executor, spec in executors.items():
+        stage = executor.removeprefix("exec-")  # one executor per stage, named after it
+        secret = {(s["secretName"], k["secretKey"], k["envVar"], s["optional"])
+                  for s in spec.get("secretAsEnv", []) for k in s["keyToEnv"] if s["secretName"] == "entropy-ft-mlflow"}
+        uri = {k["envVar"] for c in spec.get("configMapAsEnv", []) for k in c["keyToEnv"]} & {"MLFLOW_TRACKING_URI"}
+        if _talks_to_mlflow(stage):
+            talking.add(stage)
+            assert secret == {("entropy-ft-mlflow", v, v, True)
+                              for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}, executor
+            assert uri, executor
+        else:
+            assert not secret and not uri, f"{executor} gets MLflow credentials it does not use"
+    assert "finetune" in talking and ("register" in talking) == (name == "training")
+
+
 @pytest.mark.parametrize("name", ["training", "ablation"])
 def test_no_credential_or_local_path_in_yaml(compiled, name):
     text, _, _ = compiled[name]
