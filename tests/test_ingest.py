@@ -280,12 +280,37 @@ def test_bad_sources_exit_2_naming_the_path(tmp_path, capsys):
     assert f"{tmp_path / 'nothing'}: empty source" in cli_error(capsys, str(tmp_path / "nothing"), "--out", out)
     empty_zip = make_zip(tmp_path / "empty.zip", {})
     assert f"{empty_zip}: empty source" in cli_error(capsys, str(empty_zip), "--out", out)
+    whole = make_zip(tmp_path / "whole.zip", imagefolder(3)).read_bytes()
+    for name in ("half.zip", "half.bin"):  # a broken download, and the same bytes under a name that says nothing
+        (tmp_path / name).write_bytes(whole[: len(whole) // 2])
+        assert f"{tmp_path / name}: corrupt zip archive (truncated" in cli_error(capsys, str(tmp_path / name),
+                                                                                 "--out", out)
+    (tmp_path / "notes.bin").write_bytes(b"not an archive")
+    assert "notes.bin: not a folder, .zip or .tar archive" in cli_error(capsys, str(tmp_path / "notes.bin"),
+                                                                        "--out", out)
     texts = write_tree(tmp_path / "texts", {"a/readme.txt": b"x"})
     assert f"{texts}: no image files" in cli_error(capsys, str(texts), "--out", out)
     assert f"{tmp_path / 'missing'}: no such file" in cli_error(capsys, str(tmp_path / "missing"), "--out", out)
     with pytest.raises(UserError, match="--duplicates maybe"):
         ingest.Config(sources=(str(flat),), out=out, duplicates="maybe")
     assert not Path(out).exists()
+
+
+def test_a_binary_yes_no_source_means_tumor_and_notumor(tmp_path):
+    """Folders yes/ and no/ and nothing else: a tumour-or-not dataset. ``no`` is notumor, so ``yes`` is tumor;
+    a ``yes`` folder beside other class folders says nothing about tumours and keeps its name."""
+    binary = {f"{folder}/{i}.png": phantom_file(k * 100 + i, cls)
+              for k, (folder, cls) in enumerate([("yes", "glioma"), ("No", "notumor")]) for i in range(5)}
+    run([write_tree(tmp_path / "binary", binary)], tmp_path / "ds")
+    manifest = load_manifest(tmp_path / "ds")
+    assert manifest.classes == ["notumor", "tumor"]
+    written = {src: cls for split in rows(tmp_path / "ds").values() for src, cls in split.items()}
+    assert {cls for src, cls in written.items() if src.startswith("binary/yes/")} == {"tumor"}
+    assert manifest.sources[0]["class_aliases"] == {"No": "notumor", "yes": "tumor"}
+
+    mixed = {**imagefolder(3), **{f"yes/{i}.png": phantom_file(700 + i, "glioma") for i in range(3)}}
+    run([write_tree(tmp_path / "mixed", mixed)], tmp_path / "ds-mixed")
+    assert load_manifest(tmp_path / "ds-mixed").classes == ["glioma", "meningioma", "notumor", "pituitary", "yes"]
 
 
 def test_cli_prints_one_json_summary(tmp_path, capsys):

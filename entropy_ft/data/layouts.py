@@ -21,7 +21,8 @@ layout only in a source that has no other images, so a stray ``LICENSE`` does no
 
 The layout starts at the deepest folder shared by every image, so an archive that wraps
 everything in one top folder works the same as one that does not. Class names are mapped to
-one canonical set (``no_tumor``, ``no`` and ``notumor`` are one class) so that datasets merge.
+one canonical set (``no_tumor``, ``no`` and ``notumor`` are one class) so that datasets merge;
+in a binary source, whose class folders are just ``yes`` and ``no``, ``yes`` is ``tumor``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ CLASS_ALIASES = {
     **{k: "pituitary" for k in ("pituitary", "pituitarytumor", "pituitarytumour")},
     **{k: "notumor" for k in ("notumor", "notumour", "no", "normal", "healthy")},
 }
+# Only in a binary source, whose class folders are exactly yes/ and no/ (tumour or not): there ``no`` is
+# ``notumor`` as everywhere, so ``yes`` is ``tumor``. Elsewhere a ``yes`` folder keeps its name.
+BINARY_FOLDERS = frozenset({"yes", "no"})
+BINARY_ALIASES = {"yes": "tumor"}
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,14 @@ def parse_class_map(entries: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def canonical_class(folder: str, class_map: Mapping[str, str]) -> str:
-    """The class a folder name stands for: --class-map first, then the built-in aliases, else the name itself."""
+def canonical_class(folder: str, class_map: Mapping[str, str], binary: bool = False) -> str:
+    """The class a folder name stands for: --class-map first, then the built-in aliases (with ``binary``, those
+    of a yes/no source too), else the name itself."""
     key = _key(folder)
     if key in class_map:
         return class_map[key]
+    if binary and key in BINARY_ALIASES:
+        return BINARY_ALIASES[key]
     return CLASS_ALIASES.get(key) or re.sub(r"[^a-z0-9]+", "_", folder.lower()).strip("_") or folder
 
 
@@ -144,6 +152,7 @@ class _Mapper:
     def __init__(self, uri: str, name: str, layout: str, image_paths: list[str], class_map: Mapping[str, str]) -> None:
         self.uri, self.name, self.layout, self.class_map = uri, name, layout, class_map
         self.result = Layout(layout)
+        self.binary = False
         if layout == "brisc2025":
             self.root: list[str] = []
             self.split_mode, self.has_test = True, True
@@ -158,13 +167,16 @@ class _Mapper:
             raise UserError(
                 f"{uri}: --layout kaggle expects Training/ and Testing/ folders of class folders; found {found}"
             )
+        if layout == "imagefolder":
+            levels = (self.class_level(p.split("/")[:-1]) for p in image_paths)
+            self.binary = {_key(lv[1][-1]) for lv in levels if lv is not _OUTSIDE and lv[1]} == BINARY_FOLDERS
 
     def quarantine(self, path: str, kind: str, reason: str) -> None:
         self.result.quarantine.append(q.Quarantined(f"{self.name}/{path}", kind, reason))
 
     def class_for(self, folder_path: str) -> str:
         folder = posixpath.basename(folder_path)
-        cls = canonical_class(folder, self.class_map)
+        cls = canonical_class(folder, self.class_map, self.binary)
         self.result.class_dirs.setdefault(folder_path, cls)
         if cls != folder:
             self.result.aliases[folder] = cls

@@ -26,6 +26,7 @@ from entropy_ft import storage
 from entropy_ft.errors import UserError, short
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header
 MAX_FILE_BYTES = 1 << 30  # a single image file over 1 GiB is not an MRI slice
 S3_READ_THREADS = 16  # object GETs are latency-bound; threads overlap them
 
@@ -270,7 +271,22 @@ def _open_local(uri: str, path: Path) -> Source:
         return ZipSource(uri, path)
     if tarfile.is_tarfile(path):
         return TarSource(uri, path)
+    kind = _claimed_archive(path)
+    if kind:
+        raise UserError(f"{uri}: corrupt {kind} archive (truncated or damaged: it cannot be listed); "
+                        "download or copy it again")
     raise UserError(f"{uri}: not a folder, .zip or .tar archive")
+
+
+def _claimed_archive(path: Path) -> str | None:
+    """The archive kind a file that no archive reader accepts claims to be: ``zip`` when it starts like one
+    (a truncated zip loses the central directory at its end, so ``is_zipfile`` says no), else its archive
+    suffix (``tar.gz``); None when it claims nothing."""
+    with open(path, "rb") as fh:
+        if fh.read(4) == ZIP_MAGIC:
+            return "zip"
+    name = path.name.lower()
+    return next((suffix.lstrip(".") for suffix in ARCHIVE_SUFFIXES if name.endswith(suffix)), None)
 
 
 @contextlib.contextmanager
