@@ -87,7 +87,9 @@ def test_mixed_dicom_and_jpeg_folder(tmp_path, monkeypatch, caplog):
     assert rows["export/glioma/gl_00000.jpeg"]["patient"] is None
     assert manifest.dicom == {"images": 6 + 1 + 1 + 3 + 1, "windowing": {"colour": 1, "window": 11}}
     # every DICOM image has a PatientID: the six encodings (one patient), ours (two), the colour file's
-    assert manifest.patients == {"images_with_key": 12, "distinct": 4, "salt": SALT_ENV}
+    assert {k: manifest.patients[k] for k in ("images_with_key", "distinct", "salt")} == {
+        "images_with_key": 12, "distinct": 4, "salt": SALT_ENV}
+    assert sum(manifest.patients["per_split"].values()) == 4 and manifest.patients["in_several_splits"] == 0
 
     # the six encodings of one slice decode to the same pixels: one exact-duplicate group
     [group] = [g for g in manifest.duplicates["groups"] if g["kind"] == "exact"]
@@ -238,3 +240,22 @@ def test_extensionless_dicom_from_an_s3_prefix_with_labels_from_s3(s3_endpoint, 
     assert Counter(r["class_name"] for r in rows.values()) == {"glioma": 5, "notumor": 5}
     assert rows["export/study1/IM0003"] == {**rows["export/study1/IM0003"], "class_name": "glioma",
                                            "patient": hashed("HOSP-3")}
+
+
+def test_a_patient_is_never_in_two_splits(tmp_path, monkeypatch):
+    """Twenty patients with three slices each (and a three-frame file): splits are drawn per patient."""
+    monkeypatch.setenv(SALT_ENV, SALT)
+    files = {}
+    for p in range(20):
+        cls = ("glioma", "meningioma", "notumor", "pituitary")[p % 4]
+        for k in range(3):
+            files[f"{cls}/pat{p}-slice{k}.dcm"] = mr(3 * p + k, patient=f"HOSP-{p:03d}")  # distinct pixels below 64
+    files["glioma/pat0-cine.dcm"] = mr(60, patient="HOSP-000", frames=3)
+    run([write_tree(tmp_path / "export", files)], tmp_path / "ds", test_fraction=0.2, val_fraction=0.2)
+    splits_of: dict[str, set[str]] = {}
+    for row in all_rows(tmp_path / "ds").values():
+        splits_of.setdefault(row["patient"], set()).add(row["split"])
+    assert len(splits_of) == 20 and all(len(s) == 1 for s in splits_of.values())
+    assert len({s for found in splits_of.values() for s in found}) > 1  # yet the patients did spread out
+    patients = load_manifest(tmp_path / "ds").patients
+    assert sum(patients["per_split"].values()) == 20 and patients["in_several_splits"] == 0

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropy_ft.data.splits import assign, position, split_at
+from entropy_ft.data.splits import assign, position, split_at, units
 
 FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.2}
 
@@ -97,3 +97,17 @@ def test_the_seed_changes_the_assignment_and_positions_are_uniform_thresholds():
     assert split_at(0.1, True, **FRACTIONS) == "test" and split_at(0.25, True, **FRACTIONS) == "val"
     assert split_at(0.1, False, **FRACTIONS) == "val" and split_at(0.9, True, **FRACTIONS) == "train"
     assert 0 <= position(k[0], 0) < 1 and position(k[0], 0) != position(k[0], 1)
+
+
+def test_units_join_duplicates_and_patients_and_assignment_keeps_a_patient_whole():
+    groups = np.array([0, 1, 2, 3, 3, 5])  # items 3 and 4 are copies
+    patients = ["p1", "p1", None, "p2", None, "p2"]  # item 5 is p2's other slice
+    unit = units(groups, patients)
+    assert unit[0] == unit[1] and unit[3] == unit[4] == unit[5] and len(set(unit.tolist())) == 3
+    n = 300
+    many = [f"p{i // 5}" for i in range(n)]  # 60 patients, 5 slices each
+    split_of = run(keys(n), [None] * n, units(np.arange(n), many).tolist())
+    by_patient: dict[str, set] = {}
+    for p, s in zip(many, split_of):
+        by_patient.setdefault(p, set()).add(s)
+    assert all(len(s) == 1 for s in by_patient.values()) and len(set(split_of)) == 3

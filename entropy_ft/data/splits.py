@@ -12,8 +12,9 @@ fixed thresholds on ``u`` give its split:
 An image's split then depends on its own content and the fractions only. Per-class shares are
 the fractions in expectation (binomial spread, about 1 point at a thousand images a class).
 
-Copies of one image (exact or near duplicates, see :mod:`.dedup`) are assigned together, so
-assignment never creates leakage of its own. A group's anchor is its member with the smallest
+Copies of one image (exact or near duplicates, see :mod:`.dedup`) and the images of one patient
+(when a patient key is known) are assigned together, so assignment never creates leakage of its
+own. A group's anchor is its member with the smallest
 ``u``. A new copy can change a group's anchor; given the earlier dataset (``previous``), old
 images keep their recorded split and new members follow the old members' split, so nothing
 old ever moves.
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from entropy_ft.data.dedup import components
+
 RULE = "content-hash-v1"  # recorded in the manifest; an --extends dataset must have used the same rule
 
 
@@ -35,6 +38,24 @@ def position(key: str, seed: int) -> float:
     """A uniform number in [0, 1) that depends only on ``seed`` and ``key`` (a pixel sha256)."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def units(duplicate_group: np.ndarray, patient_of: Sequence[str | None]) -> np.ndarray:
+    """The units assigned together: images joined by a duplicate group or by a patient key.
+
+    One patient's slices in train and test leak anatomy even when no two slices are copies, so
+    a patient's images are one unit, and a copy of one of them joins that unit too."""
+    first: dict[tuple[str, object], int] = {}
+    pairs = []
+    for i, (group, patient) in enumerate(zip(duplicate_group, patient_of)):
+        for key in (("group", int(group)), ("patient", patient)):
+            if key[1] is None:
+                continue
+            if key in first:
+                pairs.append((first[key], i))
+            else:
+                first[key] = i
+    return components(len(patient_of), np.array(pairs, np.int64).reshape(-1, 2))
 
 
 def split_at(u: float, carve_test: bool, val_fraction: float, test_fraction: float) -> str:

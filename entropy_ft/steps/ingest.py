@@ -286,7 +286,8 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     groups, comp = dedup.find_groups(pixel_shas, phashes)
 
     previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
-    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], comp, seed=cfg.seed,
+    unit = splits.units(comp, [items[i].patient for i in kept])
+    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], unit, seed=cfg.seed,
                                val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, previous=previous)
     split_of = assignment.split_of
     if extends is not None:
@@ -395,6 +396,7 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
     bar.close()
 
     carved_test = sorted({sources[items[i].source].name for i in plan.kept if items[i].candidate.split is None})
+    found["patients"].update(_patients_per_split(items, plan))
     return writer.close(
         sources=[
             {"uri": s.uri, "name": s.name, "layout": lay.name, "files": sum(not m.is_dir for m in s.members),
@@ -405,14 +407,29 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
         ],
         splits={"rule": splits.RULE, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
-                "method": "by content: each duplicate group's split comes from the sha256 of the seed and its "
-                          "anchor's pixel hash, so adding images never moves an old one; duplicate groups are "
-                          "never split across train/val/test by assignment",
+                "method": "by content: each unit (a duplicate group, joined with every image of the same "
+                          "patient key) gets its split from the sha256 of the seed and its anchor's pixel hash, so "
+                          "adding images never moves an old one; a unit is never split across train/val/test",
                 **({"extends": plan.extends} if plan.extends else {})},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
         **found,
     )
+
+
+def _patients_per_split(items: list[Item], plan: Plan) -> dict:
+    """Distinct patient keys per split, and how many patients are in more than one (a test folder that
+    shares patients with the training folder; assignment itself never splits a patient)."""
+    splits_of: dict[str, set[str]] = {}
+    for j, i in enumerate(plan.kept):
+        if items[i].patient and j not in plan.removed:
+            splits_of.setdefault(items[i].patient, set()).add(plan.split_of[j])
+    several = sum(len(s) > 1 for s in splits_of.values())
+    if several:
+        log.warning("%d patients have images in more than one split: the source's own test folder shares them "
+                    "with its training folder", several)
+    return {"per_split": {split: sum(split in s for s in splits_of.values()) for split in SPLITS},
+            "in_several_splits": several}
 
 
 def _duplicates_section(cfg: Config, items: list[Item], results: dict, plan: Plan) -> dict:
