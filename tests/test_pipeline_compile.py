@@ -171,15 +171,30 @@ def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
 
     (tmp_path / "data.zip").write_bytes(b"")
     (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("path,label\n")
     monkeypatch.chdir(tmp_path)
-    fixed = absolute_paths({"data": "data.zip, s3://b/x,synthetic:40", "weights": "w.pt", "arch": "resnet18"})
+    fixed = absolute_paths({"data": "data.zip, s3://b/x,synthetic:40", "weights": "w.pt", "arch": "resnet18",
+                            "labels": "labels.csv"})
     assert fixed == {"data": f"{tmp_path}/data.zip,s3://b/x,synthetic:40", "weights": f"{tmp_path}/w.pt",
-                     "arch": "resnet18"}
+                     "arch": "resnet18", "labels": f"{tmp_path}/labels.csv"}
     assert absolute_paths({"weights": "imagenet"}) == {"weights": "imagenet"}
+    assert absolute_paths({"labels": "", "extends": ""}) == {"labels": "", "extends": ""}
+    assert absolute_paths({"labels": "s3://b/labels.csv"}) == {"labels": "s3://b/labels.csv"}
     with pytest.raises(UserError, match="--data missing.zip: no such file or folder"):
         absolute_paths({"data": "missing.zip"})
     with pytest.raises(UserError, match="--weights nope.pt"):
         absolute_paths({"weights": "nope.pt"})
+    with pytest.raises(UserError, match="--labels gone.csv: no such file"):
+        absolute_paths({"labels": "gone.csv"})
+    (tmp_path / "export").mkdir()
+    with pytest.raises(UserError, match="--labels export: no such file"):  # a folder is not a label file
+        absolute_paths({"labels": "export"})
+
+
+def test_run_with_a_missing_labels_file_exits_2_before_any_task(tmp_path, capsys):
+    assert main(["run", "--root", str(tmp_path / "out"), "--labels", str(tmp_path / "labels.csv")]) == 2
+    assert f"--labels {tmp_path / 'labels.csv'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_local_tasks_start_without_pip():
@@ -193,3 +208,16 @@ def test_local_tasks_start_without_pip():
     for name, component in local.items():
         assert "pip install" not in " ".join(component.component_spec.implementation.container.command), name
         assert "pip install" in " ".join(cluster[name].component_spec.implementation.container.command), name
+
+
+def test_local_ablation_runs_branches_one_at_a_time_and_the_cluster_in_parallel(compiled, tmp_path):
+    """Locally the branches would share this machine's cores (each finetune uses all of them); on a
+    cluster each pod has its own, so there they stay parallel."""
+    from kfp import compiler
+
+    from entropy_ft.pipelines.definitions import build
+
+    compiler.Compiler().compile(build("ablation"), str(tmp_path / "local.yaml"))
+    for spec, limit in ((yaml.safe_load(open(tmp_path / "local.yaml")), 1), (compiled["ablation"][1], None)):
+        loop = next(t for t in _tasks(spec).values() if "parameterIterator" in t)
+        assert loop.get("iteratorPolicy", {}).get("parallelismLimit") == limit
