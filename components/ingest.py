@@ -3,7 +3,7 @@
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 
-def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int, extends: str,
+def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int, extends: str, labels: str,
            dataset: Output[Dataset], report: Output[Markdown], metrics: Output[Metrics]):
     """Ingest the sources into Parquet shards with a manifest.
 
@@ -14,6 +14,7 @@ def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int, 
         duplicates: what to do with duplicate groups that cross splits (report, drop, fail).
         seed: seed of the split assignment.
         extends: an earlier dataset whose images keep their splits ("" for none).
+        labels: a CSV file (local or s3://) giving the classes instead of folders ("" for none).
         dataset: the Dataset artifact (Parquet shards and manifest.json).
         report: images per split and class, duplicates and quarantine.
         metrics: the step's summary numbers.
@@ -28,7 +29,7 @@ def ingest(data: str, layout: str, image_size: int, duplicates: str, seed: int, 
 
     summary = kfp_outputs.run_step(step, "ingest", sources=csv(data), out=dataset.path, layout=layout,
                                    image_size=image_size, duplicates=duplicates, seed=seed,
-                                   extends=extends or None)
+                                   extends=extends or None, labels=labels or None)
     Path(report.path).write_text(dataset_markdown(load_manifest(dataset.path)))
     kfp_outputs.log_numbers(metrics, summary)
     dataset.metadata.update({"classes": summary["classes"], "totals": summary["totals"]})

@@ -78,7 +78,7 @@ class Config(Options):
 
 
 def local_inputs(arguments: dict) -> dict:
-    """The arguments with local data and weight paths made absolute (components may run in another
+    """The arguments with local data, labels and weight paths made absolute (components may run in another
     working directory); a local path that does not exist is a UserError before anything starts."""
     out = dict(arguments)
     if "data" in out:
@@ -94,6 +94,10 @@ def local_inputs(arguments: dict) -> dict:
         if not Path(out["extends"]).exists():
             raise UserError(f"--extends {out['extends']}: no such dataset folder")
         out["extends"] = str(Path(out["extends"]).resolve())
+    if out.get("labels") and not out["labels"].startswith("s3://"):
+        if not Path(out["labels"]).is_file():
+            raise UserError(f"--labels {out['labels']}: no such file")
+        out["labels"] = str(Path(out["labels"]).resolve())
     if "weights" in out:
         if problem := weights_problem(str(out["weights"])):
             raise UserError(problem)

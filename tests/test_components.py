@@ -32,7 +32,8 @@ def chain(tmp_path_factory) -> dict:
     out["ingest_report"] = _artifact(dsl.Markdown, tmp / "ingest.md")
     out["ingest_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-1")
     C["ingest"].python_func(data="synthetic:160", layout="auto", image_size=32, duplicates="report", seed=0, extends="",
-                            dataset=out["dataset"], report=out["ingest_report"], metrics=out["ingest_metrics"])
+                            labels="", dataset=out["dataset"], report=out["ingest_report"],
+                            metrics=out["ingest_metrics"])
     out["profile"], out["profile_chart"] = _artifact(dsl.Artifact, tmp / "profile"), _artifact(dsl.HTML, tmp / "p.html")
     out["profile_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-2")
     C["profile"].python_func(dataset=out["dataset"], arch="resnet18", weights="none", images=32, bins=64,
@@ -133,7 +134,7 @@ def test_a_user_error_ends_the_task_with_exit_2_and_one_plain_line(tmp_path, mon
     monkeypatch.setenv(ERROR_DIR_ENV, str(tmp_path / "errors"))
     with pytest.raises(SystemExit) as ended:
         C["ingest"].python_func(data="synthetic:10", layout="auto", image_size=32, duplicates="report", seed=0,
-                                extends="",
+                                extends="", labels="",
                                 dataset=_artifact(dsl.Dataset, tmp_path / "ds"),
                                 report=_artifact(dsl.Markdown, tmp_path / "r.md"),
                                 metrics=_artifact(dsl.Metrics, tmp_path / "metrics"))
