@@ -178,6 +178,8 @@ def test_labels_csv_problems_exit_2_naming_file_and_column(tmp_path, capsys):
     assert "needs a 'path' or a 'sop_instance_uid' column" in error("--labels", str(bad))
     assert f"--labels {tmp_path / 'missing.csv'}" in error("--labels", str(tmp_path / "missing.csv"))
     assert "--layout kaggle does not apply" in error("--labels", str(bad), "--layout", "kaggle")
+    bad.write_text("path,label\nelsewhere/a.dcm,glioma\nelsewhere/b.dcm,notumor\n")  # another export's file
+    assert f"--labels {bad}: none of its 2 rows names a file of {src}" in error("--labels", str(bad))
     assert not (tmp_path / "ds").exists()
 
 

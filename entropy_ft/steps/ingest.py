@@ -152,6 +152,8 @@ def run_sources(cfg: Config) -> dict:
                 quarantined += [quarantine.Quarantined(items[i].name, r.kind, r.reason)
                                 for i, r in sorted(results.items()) if isinstance(r, Failed)]
                 kept = [i for i in range(len(items)) if isinstance(results[i], Decoded)]
+                if not kept:
+                    raise UserError(_nothing_usable(cfg, quarantined, found.get("labels")))
                 _check_class_folders(sources, layouts, items, kept)
                 plan = _plan(cfg, items, kept, results)
                 manifest = _write(tmp, cfg, settings, items, results, plan, spill, sources, layouts, quarantined,
@@ -252,6 +254,15 @@ def _log_labels(report: dict) -> None:
     if report["unlabelled_files"]:
         log.warning("--labels %s: %d images have no row; quarantined as %s", report["file"],
                     report["unlabelled_files"], quarantine.UNLABELLED)
+
+
+def _nothing_usable(cfg: Config, quarantined: list[quarantine.Quarantined], labels_found: dict | None) -> str:
+    """Why a run kept no image at all, for the one-line error: a label file for other files, or all quarantined."""
+    if labels_found and not labels_found["matched_rows"]:
+        return (f"--labels {cfg.labels}: none of its {labels_found['rows']} rows names a file of "
+                f"{', '.join(cfg.sources)} (by path or sop_instance_uid); is it the label file of another export?")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in quarantine.counts(quarantined).items())
+    return f"{', '.join(cfg.sources)}: no usable images ({kinds or 'no image files'}); nothing was written to {cfg.out}"
 
 
 def _check_class_folders(sources: list[Source], layouts: list[Layout], items: list[Item], kept: list[int]) -> None:
