@@ -295,6 +295,7 @@ class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     per_class: dict | None = None  # class -> {sensitivity, specificity, ppv, npv}: {value, ci, n}
     calibration: dict | None = None  # temperature, ECE with and without it, reliability bins, coverage curve
     noise: list[dict]  # {sigma, accuracy, macro_f1, balanced_accuracy, per_class_recall, confusion_matrix}
+    gradcam: dict | None = None  # per_class, seed, layer, images: the test images the Grad-CAM figure shows
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, without pyplot: no global
 state, no GUI backend, safe inside KFP components and worker threads. The generic
-helpers (:func:`bar_figure`, :func:`line_figure`, :func:`write_report`) share one style,
+helpers (:func:`bar_figure`, :func:`line_figure`, :func:`image_grid`, :func:`write_report`) share one style,
 so every step's report looks alike; :func:`entropy_figure` is the profile/selection chart.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -72,6 +73,30 @@ def line_figure(
     if len(series) > 1:
         fig.legend(loc="outside upper right", ncols=min(len(series), 4), frameon=False)
     _style(ax, title, ylabel)
+    return fig
+
+
+Cell = tuple[np.ndarray, str, str]  # uint8 HxWx3 image, caption, caption colour
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[Cell | None]]], *, title: str) -> Figure:
+    """Images in labelled rows (e.g. one row per class); a ``None`` cell stays blank.
+
+    Each row is (label, cells); captions sit above their image in their own colour."""
+    cols = max((len(cells) for _, cells in rows), default=1) or 1
+    fig = Figure(figsize=(1.9 * cols + 0.6, 2.1 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for (label, cells), line in zip(rows, axes):
+        line[0].set_ylabel(label, fontsize=10)
+        for ax, cell in zip(line, [*cells, *[None] * (cols - len(cells))]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(cell is not None)
+            if cell is not None:
+                image, caption, colour = cell
+                ax.imshow(image, interpolation="nearest")
+                ax.set_title(caption, fontsize=7, color=colour)
+    fig.suptitle(title)
     return fig
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,16 +35,23 @@ def test_eval_html_renders_its_sections_in_a_headless_browser(synthetic_dataset,
     page = (tmp_path / "eval" / "eval.html").as_uri()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    for heading in ("Noise robustness", "Per class at sigma 0", "Calibration", "Coverage against accuracy"):
+    for heading in ("Noise robustness", "Per class at sigma 0", "Calibration", "Coverage against accuracy",
+                    "Where the model looks (Grad-CAM)"):
         assert heading in dom, heading
-    assert dom.count("<svg") == 3 and dom.count("<table>") == 2
+    assert dom.count("<svg") == 4 and dom.count("<table>") == 2
     assert "answers 'uncertain' below 0.5" in dom and "sensitivity" in dom and "[" in dom  # CIs in brackets
+    shown = json.loads((tmp_path / "eval" / "eval.json").read_text())["gradcam"]["images"]
+    assert shown and dom.count("<image ") == len(shown)  # one embedded overlay per image eval.json names
     shot = tmp_path / "eval.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,2400", page], capture_output=True,
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,4000", page], capture_output=True,
                    timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert pixels.shape == (2400, 1000, 3)
+    assert pixels.shape == (4000, 1000, 3)
     for colour in LINE_COLORS[:2]:  # the charts' first two line colours: the SVG figures were drawn
         rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(pixels - rgb).sum(axis=2) < 30).sum() > 200, colour
-    assert (pixels.sum(axis=2) < 200).mean() > 0.005  # and dark text
+    dark = (pixels.sum(axis=2) < 200).mean(axis=1)
+    assert dark.mean() > 0.005  # dark text
+    # the overlays were decoded and drawn: scans on black make bands far darker than any chart or table
+    bands = dark[: len(dark) // 200 * 200].reshape(-1, 200).mean(axis=1)
+    assert (bands > 0.05).sum() >= 2, bands.round(3)

@@ -115,6 +115,8 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
     Image.new("RGB", (8, 8), "red").save(tmp_path / "profile.png")  # plots sit beside their JSON
     eval_uri = write_eval(tmp_path / "eval.json", 0.70)
     Image.new("RGB", (8, 8), "blue").save(tmp_path / "eval.png")
+    Image.new("RGB", (8, 8), "green").save(tmp_path / "gradcam.png")  # evaluate's Grad-CAM overlays
+    (tmp_path / "eval.html").write_text("<html><h2>Where the model looks (Grad-CAM)</h2></html>")
     with tracking.active_run(run_id):  # what the finetune component does around training
         on_epoch_end = tracking.epoch_logger(run_id)
         for epoch in (1, 2, 3):
@@ -148,7 +150,10 @@ def test_steps_log_one_run_and_register(server_env, model_dir, tmp_path, capfd):
 
     objects = bucket_objects(server_env)
     names = {k.rsplit("/", 1)[-1] for k in objects if run_id in k}
-    assert {"profile.json", "eval.json", "selection.json", "profile.png", "eval.png"} <= names
+    assert {"profile.json", "eval.json", "selection.json", "profile.png", "eval.png", "gradcam.png",
+            "eval.html"} <= names
+    paths = {f.path for folder in (None, "plots") for f in client.list_artifacts(run_id, folder)}
+    assert {"eval.html", "plots/eval.png", "plots/gradcam.png"} <= paths
     assert any(k.endswith("weights.safetensors") for k in objects), "the model's weights are not in the bucket"
 
     # no credential anywhere: params, tags, metrics names, every artifact in the bucket, stderr

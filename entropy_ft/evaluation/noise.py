@@ -83,16 +83,21 @@ def noise_robustness(
     seed: int,
     device: torch.device,
     temperature: float = 1.0,
+    clean: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
     """One metric row per sigma: ``{"sigma": s, **classification_metrics, "ci", "per_class", "ece",
     "ece_uncalibrated"}``, with 95% CIs of the scores and the per-class rates
     (:mod:`entropy_ft.evaluation.uncertainty`), and the calibration error of the probabilities
     with and without the model's ``temperature`` (:mod:`entropy_ft.evaluation.calibration`); the
-    sigma-0 row also has the reliability bins and the coverage curve."""
+    sigma-0 row also has the reliability bins and the coverage curve. ``clean``: the sigma-0 labels
+    and logits (:func:`predict`) when the caller already has them, so they are not computed twice."""
     rows = []
     for sigma in sigmas:
-        y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(seed, sigma),
-                            desc=f"sigma {sigma:g}")
+        if sigma == 0 and clean is not None:
+            y, logits = clean
+        else:
+            y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(seed, sigma),
+                                desc=f"sigma {sigma:g}")
         pred = logits.argmax(axis=1)
         metrics = classification_metrics(y, pred, classes)
         probs = softmax(logits, temperature)

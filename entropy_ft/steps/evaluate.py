@@ -11,15 +11,17 @@ from dataclasses import dataclass
 
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest, Evaluation, ModelMeta
-from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
+from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256, read_split
 from entropy_ft.data.loader import LoaderConfig, make_loader
 from entropy_ft.device import resolve_device
 from entropy_ft.errors import UserError
-from entropy_ft.evaluation.noise import DEFAULT_SIGMAS, noise_robustness, parse_sigmas, sigmas_problem
+from entropy_ft.evaluation.calibration import softmax
+from entropy_ft.evaluation.gradcam import explain, target_layer
+from entropy_ft.evaluation.noise import DEFAULT_SIGMAS, noise_robustness, parse_sigmas, predict, sigmas_problem
 from entropy_ft.logs import log
 from entropy_ft.model.model_dir import load_model_dir
 from entropy_ft.options import Options, at_least, option
-from entropy_ft.plots import line_figure, write_report
+from entropy_ft.plots import image_grid, line_figure, png_bytes, write_report
 
 METRIC_KEYS = ("accuracy", "macro_f1", "balanced_accuracy", "per_class_recall", "confusion_matrix", "ci",
                "per_class")
@@ -37,6 +39,9 @@ class Config(Options):
     batch_size: int = option(64, check=at_least(1), help="images per forward pass")
     device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     num_workers: int = option(0, check=at_least(0), help="DataLoader workers")
+    gradcam: int = option(2, check=at_least(0), metavar="N",
+                          help="Grad-CAM overlays per class of up to N correctly and N wrongly answered images at "
+                               "sigma 0, drawn by --seed (0: none)")
 
 
 def run(cfg: Config) -> dict:
@@ -54,11 +59,14 @@ def run(cfg: Config) -> dict:
                              train=False)
         if len(loader.dataset) == 0:
             raise UserError(f"{cfg.dataset}: the {cfg.split} split has no images")
-        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, meta.temperature)
-        report = eval_report(cfg, meta, classes, manifest_sha256(root), len(loader.dataset), rows)
+        clean = predict(model, loader, device, desc="sigma 0")
+        rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, meta.temperature, clean)
+        samples = _gradcam(cfg, model, meta, loader.dataset, clean, device, root)
+        report = eval_report(cfg, meta, classes, manifest_sha256(root), len(loader.dataset), rows, samples,
+                             target_layer(model, meta.arch)[0])
     with storage.output_dir(cfg.out) as tmp:
         report.write(str(tmp))
-        write_plot(tmp, report)
+        write_plot(tmp, report, gradcam_figure(samples, classes, cfg.gradcam) if samples else None)
     for row in rows:
         log.info("sigma %.2f: accuracy %.3f, macro-F1 %.3f, balanced accuracy %.3f",
                  row["sigma"], row["accuracy"], row["macro_f1"], row["balanced_accuracy"])
@@ -73,9 +81,37 @@ def run(cfg: Config) -> dict:
     }
 
 
+def _gradcam(cfg: Config, model, meta: ModelMeta, images, clean, device, root) -> list[dict]:
+    """The Grad-CAM sample (:func:`entropy_ft.evaluation.gradcam.explain`), each with its source file."""
+    if not cfg.gradcam:
+        return []
+    labels, logits = clean
+    samples = explain(model, meta.arch, images.pixels, labels, logits, softmax(logits, meta.temperature),
+                      cfg.gradcam, cfg.seed, device, cfg.batch_size)
+    sources = read_split(root, cfg.split, columns=["source"]).column("source").to_pylist()
+    return [{**s, "source": sources[s["index"]]} for s in samples]
+
+
+def gradcam_figure(samples: list[dict], classes: list[str], per_class: int):
+    """One row per class: ``per_class`` columns of correctly answered images (blank where there are
+    fewer), then its wrongly answered ones; each captioned with the answer and its probability."""
+    rows = []
+    for c, name in enumerate(classes):
+        right = [_cell(s, classes) for s in samples if s["label"] == c and s["correct"]]
+        wrong = [_cell(s, classes) for s in samples if s["label"] == c and not s["correct"]]
+        rows.append((name, [*right, *[None] * (per_class - len(right)), *wrong]))
+    return image_grid(rows, title="Where the model looks: Grad-CAM of the predicted class")
+
+
+def _cell(sample: dict, classes: list[str]) -> tuple:
+    verdict, colour = ("right", "#2b8a3e") if sample["correct"] else ("WRONG", "#c92a2a")
+    return sample["overlay"], f"{verdict}: {classes[sample['predicted']]} {sample['probability']:.2f}", colour
+
+
 def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str, num_images: int,
-                rows: list[dict]) -> Evaluation:
-    """eval.json: the sigma-0 metrics at top level, one row per sigma under ``noise``."""
+                rows: list[dict], samples: list[dict], layer: str | None) -> Evaluation:
+    """eval.json: the sigma-0 metrics at top level, one row per sigma under ``noise``, and which
+    images the Grad-CAM figure shows."""
     clean = next(r for r in rows if r["sigma"] == 0.0)
     return Evaluation(
         arch=meta.arch,
@@ -95,11 +131,16 @@ def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str,
                      "ece": clean["ece"], "ece_uncalibrated": clean["ece_uncalibrated"],
                      "reliability": clean["reliability"], "coverage": clean["coverage"]},
         noise=rows,
+        gradcam={"per_class": cfg.gradcam, "seed": cfg.seed, "layer": layer, "images": [
+            {"index": s["index"], "source": s["source"], "class": classes[s["label"]],
+             "predicted": classes[s["predicted"]], "probability": s["probability"], "correct": s["correct"]}
+            for s in samples]} if cfg.gradcam else None,
     )
 
 
-def write_plot(out_dir, report: Evaluation) -> dict[str, str]:
-    """eval.html (inline SVG and a table) and eval.png: accuracy and macro-F1 against sigma."""
+def write_plot(out_dir, report: Evaluation, gradcam=None) -> dict[str, str]:
+    """eval.html (inline SVG and a table) and eval.png: accuracy and macro-F1 against sigma; with a
+    Grad-CAM figure, also its section in eval.html and gradcam.png (MLflow shows PNGs, not HTML)."""
     rows = report.noise
     sigmas = [r["sigma"] for r in rows]
     fig = line_figure(
@@ -122,6 +163,14 @@ def write_plot(out_dir, report: Evaluation) -> dict[str, str]:
     sections = [("Per class at sigma 0", per_class, ["One class against the rest; Wilson 95% intervals. n/a: no "
                                                      "images to count (for example PPV of a class never predicted)."]),
                 *_calibration_sections(report)]
+    if gradcam is not None:
+        sections.append(("Where the model looks (Grad-CAM)", gradcam, [
+            f"Images of the {report.split} split drawn per class with seed {report.seed}: up to "
+            f"{report.gradcam['per_class']} the model answers correctly, then up to as many it gets wrong. Red-yellow: "
+            f"the regions that raise the predicted class's score most (Grad-CAM at {report.gradcam['layer']}, each map "
+            "scaled to its own maximum); the scan is unchanged where the model does not look. Which files these "
+            "are: eval.json, key gradcam."]))
+        (out_dir / "gradcam.png").write_bytes(png_bytes(gradcam))
     return write_report(out_dir, "eval", "Noise robustness", fig, notes, table, sections)
 
 

@@ -125,12 +125,12 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
                            ("selection", selection, cfg.selection and Selection.file_in(cfg.selection))):
             if doc:
                 tracking.log_json(run_id, f"{name}.json", doc)
-            _log_sibling_png(run_id, uri, name)
+            _log_siblings(run_id, uri, f"{name}.png")
         metrics = tracking.log_evaluation(run_id, evaluation)
         if dataset is not None:
             tracking.log_dataset_splits(run_id, durable, dataset.totals or {}, dataset.counts or {},
                                         dataset.origin.sha256)
-        _log_sibling_png(run_id, Evaluation.file_in(cfg.eval), "eval")
+        _log_siblings(run_id, Evaluation.file_in(cfg.eval), "eval.png", "gradcam.png", "eval.html")
         value = registry.metric_value(evaluation, metric)
         champion_before = registry.champion_version(client, cfg.model_name)
         seed = int(evaluation.get("seed") or 0)
@@ -255,10 +255,14 @@ def _log_drift(run_id: str, drift: dict | None) -> None:
         tracking.log_json(run_id, "drift.json", drift)
 
 
-def _log_sibling_png(run_id: str, json_uri: str | None, name: str) -> None:
-    """The step that wrote ``<name>.json`` also wrote its plot ``<name>.png`` beside it; log it when there."""
+def _log_siblings(run_id: str, json_uri: str | None, *names: str) -> None:
+    """The step that wrote a JSON also wrote its plots and report beside it (``eval.png``, the
+    Grad-CAM overlays ``gradcam.png``, ``eval.html``); log those that are there: PNGs under
+    ``plots/``, where the MLflow UI previews them, an HTML report at the run's root."""
     if not json_uri:
         return
-    png = storage.join(json_uri.rsplit("/", 1)[0] if "/" in json_uri else ".", f"{name}.png")
-    if storage.exists(png):
-        tracking.log_image(run_id, f"{name}.png", png)
+    folder = json_uri.rsplit("/", 1)[0] if "/" in json_uri else "."
+    for name in names:
+        uri = storage.join(folder, name)
+        if storage.exists(uri):
+            (tracking.log_image if name.endswith(".png") else tracking.log_file)(run_id, name, uri)

@@ -450,6 +450,13 @@ def log_json(run_id: str, name: str, content: Mapping | str) -> None:
     _log_bytes(run_id, name, data, None)
 
 
+def log_file(run_id: str, name: str, uri: str) -> None:
+    """Log a file (local path or s3:// URI) as it is at the run's root, such as eval.html."""
+    from entropy_ft import storage
+
+    _log_bytes(run_id, name, storage.read_bytes(uri), None)
+
+
 def log_image(run_id: str, name: str, png: bytes | str | Path) -> None:
     """Log a PNG plot under ``plots/``; ``png`` is the encoded bytes or a file path / URI."""
     from entropy_ft import storage
