@@ -2,9 +2,9 @@
 
 Recurring retraining compares each new model with the champion on the new test split; that is
 only fair if no image the champion trained on has moved into it. A seeded permutation of the
-pool cannot promise that (add one image and every position shifts), so each duplicate group
-gets a position ``u`` in [0, 1) from the sha256 of ``seed`` and its anchor's pixel hash, and
-fixed thresholds on ``u`` give its split:
+pool cannot promise that (add one image and every position shifts), so each image gets a
+position ``u`` in [0, 1) from the sha256 of ``seed`` and its pixel hash, and fixed thresholds on
+``u`` give its own split:
 
 * sources without a test folder: ``u < test`` is test, the next ``val x (1 - test)`` is val;
 * sources with one (Kaggle's Testing/): ``u < val`` is val, the rest train.
@@ -13,11 +13,14 @@ An image's split then depends on its own content and the fractions only. Per-cla
 the fractions in expectation (binomial spread, about 1 point at a thousand images a class).
 
 Copies of one image (exact or near duplicates, see :mod:`.dedup`) and the images of one patient
-(when a patient key is known) are assigned together, so assignment never creates leakage of its
-own. A group's anchor is its member with the smallest
-``u``. A new copy can change a group's anchor; given the earlier dataset (``previous``), old
-images keep their recorded split and new members follow the old members' split, so nothing
-old ever moves.
+(when a patient key is known) form a unit that is assigned whole, so assignment never creates
+leakage of its own. A patient's images all take the position of the (salted, hashed) patient
+key, so they draw one split together, week after week. A unit goes where its most train-ward
+member's own split says (train before val before test): adding a member can move a unit toward
+train, never toward test. So even without the earlier dataset, no image a champion trained or
+was validated on can land in a later test split. Given the earlier dataset (``previous``), old
+images keep their recorded split exactly, and new members follow the old members' (most
+train-ward) split, so nothing old moves.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from entropy_ft.data.dedup import components
 
 RULE = "content-hash-v1"  # recorded in the manifest; an --extends dataset must have used the same rule
+TOWARD_TEST = ("train", "val", "test")  # a unit takes the first of its members' own splits in this order
 
 
 def position(key: str, seed: int) -> float:
@@ -85,15 +89,19 @@ def assign(
     val_fraction: float,
     test_fraction: float,
     previous: Mapping[str, str] | None = None,
+    patient_of: Sequence[str | None] | None = None,
 ) -> Assignment:
     """Split per item.
 
     ``keys`` are pixel hashes; ``fixed`` is what the source's layout says ("test" for a test
     folder, "train" for the training folder of a source that has a test folder, None where test
-    is carved); ``unit_of`` is the duplicate-group id per item; ``previous`` maps pixel hashes of
-    an earlier dataset to their split. A test folder's images are always test.
+    is carved); ``unit_of`` is the unit id per item (:func:`units`); ``previous`` maps pixel hashes
+    of an earlier dataset to their split; ``patient_of`` the (hashed) patient key per item, whose
+    position replaces the image's own, so all of a patient's slices, this week's and next week's,
+    draw the same split. A test folder's images are always test.
     """
     previous = previous or {}
+    anchor = [p or k for p, k in zip(patient_of or [None] * len(keys), keys)]
     split_of: list[str] = [""] * len(keys)
     units: dict[int, list[int]] = defaultdict(list)
     for i in range(len(keys)):
@@ -106,12 +114,10 @@ def assign(
                 split_of[i] = "test"
         if not free:
             continue
-        old = sorted((position(keys[i], seed), i) for i in free if keys[i] in previous)
-        if old:
-            group_split = previous[keys[old[0][1]]]
-        else:
-            u = min(position(keys[i], seed) for i in free)
-            group_split = split_at(u, all(fixed[i] is None for i in free), val_fraction, test_fraction)
+        old = [previous[keys[i]] for i in free if keys[i] in previous]
+        carve_test = all(fixed[i] is None for i in free)
+        own = old or [split_at(position(anchor[i], seed), carve_test, val_fraction, test_fraction) for i in free]
+        group_split = min(own, key=TOWARD_TEST.index)
         for i in free:
             if keys[i] in previous:
                 split_of[i] = previous[keys[i]]

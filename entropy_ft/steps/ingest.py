@@ -297,9 +297,10 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     groups, comp = dedup.find_groups(pixel_shas, phashes)
 
     previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
-    unit = splits.units(comp, [items[i].patient for i in kept])
-    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], unit, seed=cfg.seed,
-                               val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, previous=previous)
+    patient_of = [items[i].patient for i in kept]
+    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], splits.units(comp, patient_of),
+                               seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                               previous=previous, patient_of=patient_of)
     split_of = assignment.split_of
     if extends is not None:
         extends.update(kept=assignment.kept_from_previous, followed=assignment.followed_previous,
