@@ -196,6 +196,7 @@ class Profile(Artifact, file="profile.json", producer="profile"):
     bins: int | None = None
     tap: str | None = None
     layers: list[dict]  # {name, params, entropy, entropy_std, normalized_entropy}
+    bootstrap: dict | None = None  # resamples, seed, unit, batches, batch_size, entropies, rules (None: not resampled)
 
     def entropies(self) -> dict[str, float]:
         """Layer name -> entropy in bits, in forward order; malformed rows are a UserError."""
@@ -203,6 +204,17 @@ class Profile(Artifact, file="profile.json", producer="profile"):
             return {str(row["name"]): float(row["entropy"]) for row in self.layers}
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{self.origin.uri if self.origin else self.FILE}: malformed layer row ({exc})") from None
+
+    def resampled_entropies(self) -> list[dict[str, float]] | None:
+        """One layer name -> entropy mapping per bootstrap resample (layers in the file's order);
+        None for a profile without a bootstrap; a malformed ``bootstrap`` is a UserError."""
+        if not self.bootstrap:
+            return None
+        try:
+            per_layer = {str(name): [float(h) for h in hs] for name, hs in self.bootstrap["entropies"].items()}
+            return [{name: hs[i] for name, hs in per_layer.items()} for i in range(int(self.bootstrap["resamples"]))]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise UserError(f"{self.origin.uri if self.origin else self.FILE}: malformed bootstrap ({exc!r})") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +228,7 @@ class Selection(Artifact, file="selection.json", producer="select"):
     classes: list[str] | None = None
     strategy: str
     rule: str | None = None
+    stability: dict | None = None  # entropy with a bootstrapped profile: threshold, frequency, spreads, distinct_sets
     seed: int = 0
     budget_params: int | None = None
     layers: list[str]
@@ -296,6 +309,7 @@ class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     calibration: dict | None = None  # temperature, ECE with and without it, reliability bins, coverage curve
     noise: list[dict]  # {sigma, accuracy, macro_f1, balanced_accuracy, per_class_recall, confusion_matrix}
     gradcam: dict | None = None  # per_class, seed, layer, images: the test images the Grad-CAM figure shows
+    external: dict | None = None  # --data: source, class mapping, unknown and missing classes, duplicates, unseen
 
 
 @dataclass(frozen=True, kw_only=True)

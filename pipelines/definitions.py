@@ -112,11 +112,12 @@ PARAMS: list[Param] = [
     Param("labels", ingest_step.Config, "labels", default=""),
     *_same(profile_step.Config, "arch", "weights"),
     Param("profile_images", profile_step.Config, "images"),
-    *_same(profile_step.Config, "bins", "estimator", "tap"),
+    *_same(profile_step.Config, "bins", "estimator", "tap", "bootstrap"),
     Param("strategy", select_step.Config, "strategy", pipelines=("training",)),
     Param("strategies", select_step.Config, "strategy", pipelines=("ablation",), many=True,
           help="strategies compared side by side, comma-separated"),
     Param("rule", select_step.Config, "rule", default=DEFAULT_RULE),
+    Param("stability", select_step.Config, "stability"),
     Param("seed", ingest_step.Config, "seed", help="seed for splits, profile subset, selection, training and noise"),
     *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise"),
     *_same(evaluate_step.Config, "noise"),
@@ -243,7 +244,7 @@ def _ingest_and_profile(c: dict, p: SimpleNamespace):
     ing = c["ingest"](data=p.data, layout=p.layout, image_size=p.image_size, duplicates=p.duplicates, seed=p.seed,
                       extends=p.extends, labels=p.labels)
     prof = c["profile"](dataset=ing.outputs["dataset"], arch=p.arch, weights=p.weights, images=p.profile_images,
-                        bins=p.bins, estimator=p.estimator, tap=p.tap, seed=p.seed)
+                        bins=p.bins, estimator=p.estimator, tap=p.tap, bootstrap=p.bootstrap, seed=p.seed)
     return ing, prof
 
 
@@ -251,7 +252,8 @@ def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str
     """select -> finetune -> evaluate for one strategy; with ``track`` finetune opens the MLflow run
     (tagged with this KFP run) that register logs into."""
     run_id, run_name = (dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER) if track else ("", "")
-    sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, seed=p.seed)
+    sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, stability=p.stability,
+                      seed=p.seed)
     ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs, lr=p.lr,
                        batch_size=p.batch_size, train_noise=p.train_noise, seed=p.seed, track=track,
                        kfp_run_id=run_id, kfp_run_name=run_name, pipeline_name=pipeline_name)

@@ -36,14 +36,14 @@ def chain(tmp_path_factory) -> dict:
                             metrics=out["ingest_metrics"])
     out["profile"], out["profile_chart"] = _artifact(dsl.Artifact, tmp / "profile"), _artifact(dsl.HTML, tmp / "p.html")
     out["profile_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-2")
-    C["profile"].python_func(dataset=out["dataset"], arch="resnet18", weights="none", images=32, bins=64,
-                             estimator="histogram", tap="conv", seed=0, profile=out["profile"],
+    C["profile"].python_func(dataset=out["dataset"], arch="resnet18", weights="none", images=64, bins=64,
+                             estimator="histogram", tap="conv", bootstrap=10, seed=0, profile=out["profile"],
                              chart=out["profile_chart"], metrics=out["profile_metrics"])
     out["selection"] = _artifact(dsl.Artifact, tmp / "selection")
     out["select_metrics"] = _artifact(dsl.Metrics, tmp / "metrics-3")
     out["select_chart"] = _artifact(dsl.HTML, tmp / "s.html")
     out["select_return"] = C["select"].python_func(
-        profile=out["profile"], strategy="head", rule="below-mean", seed=0, selection=out["selection"],
+        profile=out["profile"], strategy="head", rule="below-mean", stability=0.5, seed=0, selection=out["selection"],
         chart=out["select_chart"], metrics=out["select_metrics"])
     out["model"], out["finetune_metrics"] = _artifact(dsl.Model, tmp / "model"), _artifact(dsl.Metrics, tmp / "m-4")
     out["finetune_return"] = C["finetune"].python_func(
@@ -72,7 +72,7 @@ def test_ingest_writes_the_dataset_and_its_summary(chain):
 
 def test_profile_publishes_the_chart_and_numbers(chain):
     profile = json.loads(Path(chain["profile"].path, "profile.json").read_text())
-    assert len(profile["layers"]) == 20 and profile["bins"] == 64
+    assert len(profile["layers"]) == 20 and profile["bins"] == 64 and profile["bootstrap"]["resamples"] == 10
     assert "<svg" in Path(chain["profile_chart"].path).read_text()
     assert chain["profile_metrics"].metadata["layers"] == 20
 
@@ -80,6 +80,7 @@ def test_profile_publishes_the_chart_and_numbers(chain):
 def test_select_takes_the_pipeline_rule_for_a_baseline_and_returns_the_budget(chain):
     selection = json.loads(Path(chain["selection"].path, "selection.json").read_text())
     assert selection["strategy"] == "head" and selection["layers"] == [] and selection["rule"] is None
+    assert selection["stability"] is None  # the pipeline's stability, like its rule, is not a baseline's
     assert chain["select_return"] == selection["trainable_params"] == 512 * 4 + 4
     assert chain["select_metrics"].metadata["trainable_params"] == selection["trainable_params"]
     assert chain["selection"].metadata["strategy"] == "head"

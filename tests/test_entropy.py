@@ -15,6 +15,7 @@ from entropy_ft.model.factory import build_model, conv_layers, measure_backbone
 from entropy_ft.selection import entropy
 from entropy_ft.selection.entropy import TapPoint, entropy_bits, profile_entropy, rebin, tap_points
 from entropy_ft.selection.rules import Rule, select_by_entropy
+from entropy_ft.selection.stability import bootstrap_indices
 from entropy_ft.tracking.serving import model_pixels
 
 
@@ -167,6 +168,29 @@ def test_squeezenet_relu_tap_matches_its_inplace_relu_modules(estimator):
     via_conv = profile_entropy(model, {"features.0": TapPoint("features.0", relu=True)}, x, 64, estimator)
     via_module = profile_entropy(model, {"features.0": TapPoint("features.1", relu=False)}, x, 64, estimator)
     assert via_conv[0].entropy == pytest.approx(via_module[0].entropy, abs=1e-12)
+
+
+def test_a_bootstrap_resample_is_the_estimator_on_the_batches_it_draws():
+    """Resample r equals profiling the batches it draws, repeats included, directly: over their own range."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 1, 6, 6, generator=g) * scale for n, scale in ((3, 1.0), (2, 3.0), (4, 0.5), (1, 2.0))]
+    model = _identity_conv()
+    got = _profile(model, batches, bootstrap=6, seed=1)
+    assert len(got.resampled) == 6 and len({round(h, 9) for h in got.resampled}) > 1
+    for h, draw in zip(got.resampled, bootstrap_indices(len(batches), 6, seed=1)):
+        assert h == pytest.approx(_profile(model, [batches[i] for i in draw]).entropy, abs=1e-9)
+    assert _profile(model, batches).resampled == ()
+
+
+@pytest.mark.parametrize(("kw", "count", "problem"), [
+    ({"estimator": "channel"}, 4, "channel estimator with 256 bins"),
+    ({"bins": 8192}, 4, "histogram estimator with 8192 bins"),
+    ({}, 1, "at least 2 batches, got 1"),
+])
+def test_only_one_pass_profiles_of_several_batches_resample(kw, count, problem):
+    batches = [torch.randn(2, 1, 4, 4) for _ in range(count)]
+    with pytest.raises(ValueError, match=f"bootstrap: .*{problem}"):
+        _profile(_identity_conv(), batches, bootstrap=3, **kw)
 
 
 def test_profiling_is_deterministic():

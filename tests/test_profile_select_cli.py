@@ -76,6 +76,89 @@ def test_random_without_a_budget_matches_the_entropy_selection(profiled, tmp_pat
     assert html.count(">yes</td>") == len(rand["layers"])
 
 
+def test_profile_keeps_every_resampled_entropy_and_the_default_rules_frequencies(profiled):
+    data = json.loads((profiled / "profile.json").read_text())
+    boot = data["bootstrap"]
+    names = [row["name"] for row in data["layers"]]
+    assert (boot["resamples"], boot["unit"], boot["batches"], boot["batch_size"]) == (20, "batch", 2, 16)
+    assert list(boot["entropies"]) == names and all(len(h) == 20 for h in boot["entropies"].values())
+    below = boot["rules"]["below-mean"]
+    assert list(below["frequency"]) == names and below["resamples"] == 20
+    for i in range(20):  # each resample's below-mean choice, counted by hand
+        entropy = {n: boot["entropies"][n][i] for n in names}
+        mean = sum(entropy.values()) / len(names)
+        for n in names:
+            below["frequency"][n] -= (entropy[n] < mean) / 20
+    assert all(abs(f) < 1e-9 for f in below["frequency"].values())
+    assert 0 <= below["reduction_vs_full"]["p5"] <= below["reduction_vs_full"]["p95"] < 1
+
+
+def test_one_batch_the_channel_estimator_or_bootstrap_0_record_no_bootstrap(synthetic_dataset, tmp_path, caplog):
+    cases = {"one": {"images": 16}, "channel": {"images": 32, "batch_size": 16, "estimator": "channel"},
+             "off": {"images": 32, "batch_size": 16, "bootstrap": 0}}
+    for name, kw in cases.items():
+        profile.run(profile.Config(dataset=str(synthetic_dataset), arch="resnet18", weights="none",
+                                   out=str(tmp_path / name), **kw))
+        assert json.loads((tmp_path / name / "profile.json").read_text())["bootstrap"] is None
+    assert "--bootstrap 20 skipped: resampling needs at least 2 batches, got 1 (16 images, --batch-size 32)" \
+        in caplog.text
+    assert "--bootstrap 20 skipped: the channel estimator with 256 bins counts over the full sample's range" \
+        in caplog.text
+    assert caplog.text.count("--bootstrap") == 2
+
+
+NEAR = "layer4.0.conv2"
+
+
+def _constructed_profile(profiled: Path, tmp_path: Path, below_in: int, resamples: int = 10) -> tuple[Path, list]:
+    """resnet18 with every even layer far below the mean and every odd one far above, except NEAR,
+    just below the mean in the profile and in ``below_in`` of ``resamples`` resamples; the low layers."""
+    data = json.loads((profiled / "profile.json").read_text())
+    names = [row["name"] for row in data["layers"]]
+    low = [n for i, n in enumerate(names) if i % 2 == 0 and n != NEAR]
+
+    def entropies(near_below: bool) -> dict[str, float]:
+        rest = {n: 4.0 if n in low else 6.0 for n in names if n != NEAR}
+        mean = sum(rest.values()) / len(rest)
+        return {n: rest[n] if n != NEAR else mean + (-0.01 if near_below else 0.01) for n in names}
+
+    point = entropies(True)
+    for row in data["layers"]:
+        row["entropy"] = point[row["name"]]
+    drawn = [entropies(i < below_in) for i in range(resamples)]
+    data["bootstrap"] = {"resamples": resamples, "entropies": {n: [d[n] for d in drawn] for n in names}}
+    (tmp_path / "constructed").mkdir()
+    (tmp_path / "constructed" / "profile.json").write_text(json.dumps(data))
+    return tmp_path / "constructed", low
+
+
+@pytest.mark.parametrize(("stability", "with_near"), [(0.0, True), (0.5, False), (0.3, True), (1.0, False)])
+def test_stability_keeps_only_layers_selected_in_enough_resamples(profiled, tmp_path, stability, with_near):
+    constructed, low = _constructed_profile(profiled, tmp_path, below_in=3)
+    summary = select.run(select.Config(profile=str(constructed), out=str(tmp_path / "s"), stability=stability))
+    data = json.loads((tmp_path / "s" / "selection.json").read_text())
+    assert set(data["layers"]) == set(low) | ({NEAR} if with_near else set())
+    assert data["stability"]["frequency"][NEAR] == 0.3 and data["stability"]["threshold"] == (stability or None)
+    assert all(data["stability"]["frequency"][n] == 1.0 for n in low)
+    assert data["stability"]["distinct_sets"] == 2 == summary["resampled_distinct_sets"]
+    select.run(select.Config(profile=str(constructed), strategy="random", out=str(tmp_path / "r"), stability=stability))
+    assert json.loads((tmp_path / "r" / "selection.json").read_text())["budget_params"] == summary["trainable_params"]
+
+
+def test_select_without_a_bootstrapped_profile_records_no_stability(profiled, tmp_path, capsys):
+    data = json.loads((profiled / "profile.json").read_text())
+    data["bootstrap"] = None
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "profile.json").write_text(json.dumps(data))
+    select.run(select.Config(profile=str(tmp_path / "plain"), out=str(tmp_path / "s")))
+    assert json.loads((tmp_path / "s" / "selection.json").read_text())["stability"] is None
+    assert "Stability" not in (tmp_path / "s" / "selection.html").read_text()
+    assert main(["select", str(tmp_path / "plain"), "--stability", "0.5", "--out", str(tmp_path / "s2")]) == 2
+    err = capsys.readouterr().err
+    assert f"--stability 0.5: {tmp_path / 'plain' / 'profile.json'} has no bootstrap resamples" in err
+    assert not (tmp_path / "s2").exists()
+
+
 def test_head_selection_trains_only_the_head(profiled, tmp_path):
     summary = select.run(select.Config(profile=str(profiled), strategy="head", out=str(tmp_path / "head")))
     data = json.loads((tmp_path / "head" / "selection.json").read_text())
@@ -101,6 +184,13 @@ def test_head_selection_trains_only_the_head(profiled, tmp_path):
         (["select", "{profile}", "--strategy", "full", "--rule", "below-mean", "--out", "{tmp}/s"],
          "applies only to --strategy entropy or random"),
         (["select", "{tmp}", "--strategy", "entropy", "--out", "{tmp}/s"], "profile.json: no such file"),
+        (["select", "{profile}", "--stability", "1.5", "--out", "{tmp}/s"], "--stability 1.5: expected 0 to 1"),
+        (["select", "{profile}", "--stability", "-0.1", "--out", "{tmp}/s"], "--stability -0.1: expected 0 to 1"),
+        (["select", "{profile}", "--stability", "nan", "--out", "{tmp}/s"], "--stability nan: expected 0 to 1"),
+        (["select", "{profile}", "--strategy", "head", "--stability", "0.5", "--out", "{tmp}/s"],
+         "--stability 0.5: applies only to --strategy entropy or random"),
+        (["profile", "{data}", "--weights", "none", "--bootstrap", "-1", "--out", "{tmp}/p"],
+         "--bootstrap -1: expected 0 to 10000 resamples"),
     ],
 )
 def test_bad_input_exits_2_with_its_message(argv, message, synthetic_dataset, profiled, tmp_path, capsys):

@@ -13,7 +13,7 @@ from PIL import Image
 from selection_factory import write_selection
 
 from entropy_ft.cli import main
-from entropy_ft.plots import LINE_COLORS
+from entropy_ft.plots import HIGHLIGHT_COLOR, LINE_COLORS
 
 
 def _chromium() -> str:
@@ -55,3 +55,24 @@ def test_eval_html_renders_its_sections_in_a_headless_browser(synthetic_dataset,
     # the overlays were decoded and drawn: scans on black make bands far darker than any chart or table
     bands = dark[: len(dark) // 200 * 200].reshape(-1, 200).mean(axis=1)
     assert (bands > 0.05).sum() >= 2, bands.round(3)
+
+
+def test_selection_html_renders_the_stability_section(synthetic_dataset, tmp_path):
+    browser = _chromium()
+    assert main(["profile", str(synthetic_dataset), "--weights", "none", "--images", "32", "--batch-size", "8",
+                 "--bootstrap", "30", "--out", str(tmp_path / "profile")]) == 0
+    assert main(["select", str(tmp_path / "profile"), "--stability", "0.5", "--out", str(tmp_path / "sel")]) == 0
+    page = (tmp_path / "sel" / "selection.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert "Stability over bootstrap resamples" in dom and dom.count("<svg") == 2
+    assert "--stability 0.5" in dom and "share of resamples selecting the layer" in dom  # the threshold line's label
+    assert "applied to each of 30 bootstrap resamples" in dom and "5th / 50th / 95th percentile" in dom
+    assert dom.count("<th>resamples</th>") == 1  # the layer table's frequency column
+    shot = tmp_path / "selection.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,2000", page], capture_output=True,
+                   timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    rgb = np.array([int(HIGHLIGHT_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    rows = np.flatnonzero((np.abs(pixels - rgb).sum(axis=2) < 30).sum(axis=1) > 0)
+    assert len(rows) > 100 and rows.max() - rows.min() > 600  # selected bars in both charts, one below the other

@@ -33,6 +33,18 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def batch_order(indices: np.ndarray, seed: int) -> np.ndarray:
+    """``indices`` in a seeded random order, so that consecutive batches are random groups of the sample.
+
+    Datasets store their rows class by class, so in row order every profiling batch would hold
+    one class: the spread of batch entropies would be the spread between classes, and a
+    bootstrap over batches (:mod:`entropy_ft.selection.entropy`) would resample the class mix
+    that the stratified sample fixes. The generator is seeded by (seed, 1), a stream apart from
+    the one :func:`stratified_indices` draws the sample with.
+    """
+    return np.random.default_rng((seed, 1)).permutation(indices)
+
+
 class ModelInputs:
     """Re-iterable batches of normalised model input from a uint8 image tensor on the device."""
 

@@ -1,7 +1,10 @@
 """Profile the activation entropy of every backbone conv layer on a seeded subset of a dataset.
 
 Writes ``profile.json`` (:class:`entropy_ft.artifacts.Profile`) and ``profile.html`` /
-``profile.png`` (entropy per layer) into ``--out``, a directory or ``s3://`` prefix.
+``profile.png`` (entropy per layer) into ``--out``, a directory or ``s3://`` prefix. With
+``--bootstrap N`` profile.json also holds every layer's entropy on N bootstrap resamples of the
+profiling batches and what the default rule selects over them (:mod:`entropy_ft.selection.stability`),
+from which ``select`` reports, or requires, a stable choice.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ from entropy_ft import plots, storage
 from entropy_ft.artifacts import DatasetManifest, Profile
 from entropy_ft.data.format import SPLITS, load_manifest, manifest_sha256
 from entropy_ft.data.loader import ParquetImages
-from entropy_ft.data.sample import ModelInputs, load_images, stratified_indices
+from entropy_ft.data.sample import ModelInputs, batch_order, load_images, stratified_indices
 from entropy_ft.device import resolve_device
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log
-from entropy_ft.model.archs import CONV_LAYERS, arch_problem
+from entropy_ft.model.archs import CONV_LAYERS, arch_problem, backbone
 from entropy_ft.model.factory import build_model, measure_backbone
 from entropy_ft.options import IMAGE_SIZE, Options, at_least, between, option
-from entropy_ft.selection.entropy import ESTIMATORS, TAPS, profile_entropy, tap_points
+from entropy_ft.selection.entropy import (
+    ESTIMATORS,
+    TAPS,
+    LayerEntropy,
+    bootstrap_problem,
+    profile_entropy,
+    tap_points,
+)
+from entropy_ft.selection.rules import DEFAULT_RULE, parse_rule
+from entropy_ft.selection.stability import resampled_selections, summarize
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +55,11 @@ class Config(Options):
     batch_size: int = option(32, check=at_least(1), help="images per forward pass")
     device: str = option("auto", help="auto, cpu or cuda[:N]")
     image_size: int | None = option(None, check=IMAGE_SIZE, help="resize to this side (default: the dataset's)")
-    seed: int = option(0, help="seed of the image subset (and of the random init for --weights none)")
+    seed: int = option(0, help="seed of the image subset, its batch order, the bootstrap (and of the random init "
+                               "for --weights none)")
+    bootstrap: int = option(20, check=between(0, 10000, "resamples"),
+                            help="bootstrap resamples of the profiling batches, to measure how stable a selection is "
+                                 "(0: none; needs the histogram estimator and at least 2 batches)")
 
 
 def run(cfg: Config) -> dict:
@@ -54,7 +70,7 @@ def run(cfg: Config) -> dict:
         ds = ParquetImages(root, cfg.split, image_size=cfg.image_size)
         if len(ds) == 0:
             raise UserError(f"{cfg.dataset}: split {cfg.split!r} has no images to profile")
-        indices = stratified_indices(ds.labels, cfg.images, cfg.seed)
+        indices = batch_order(stratified_indices(ds.labels, cfg.images, cfg.seed), cfg.seed)
         images = load_images(ds, indices)
         data_sha = manifest_sha256(root)
     classes = manifest.classes
@@ -68,8 +84,14 @@ def run(cfg: Config) -> dict:
         log.warning("%s has no BatchNorm: --tap %s reads the conv output%s", cfg.arch, cfg.tap,
                     " after ReLU" if cfg.tap == "relu" else "")
     taps = tap_points(model, cfg.arch, cfg.tap)
+    batches = ModelInputs(images.to(device), cfg.batch_size)
+    problem = bootstrap_problem(cfg.estimator, cfg.bins, len(batches)) if cfg.bootstrap else None
+    if problem:  # a warning, not an error: the default asks for resamples wherever they can be had
+        log.warning("--bootstrap %d skipped: %s (%d images, --batch-size %d)", cfg.bootstrap, problem, len(indices),
+                    cfg.batch_size)
+    resamples = 0 if problem else cfg.bootstrap
     try:
-        results = profile_entropy(model, taps, ModelInputs(images.to(device), cfg.batch_size), cfg.bins, cfg.estimator)
+        results = profile_entropy(model, taps, batches, cfg.bins, cfg.estimator, bootstrap=resamples, seed=cfg.seed)
     except ValueError as exc:  # non-finite activations: weights that do not suit the data
         raise UserError(f"--weights {cfg.weights}: {exc}") from exc
     costs = measure_backbone(model, cfg.arch).costs
@@ -80,6 +102,7 @@ def run(cfg: Config) -> dict:
         bins=cfg.bins, tap=cfg.tap,
         layers=[{"name": r.name, "params": costs[r.name], "entropy": r.entropy, "entropy_std": r.entropy_std,
                  "normalized_entropy": r.normalized_entropy} for r in results],
+        bootstrap=_bootstrap(results, resamples, len(batches), cfg, len(classes)),
     )
     with storage.output_dir(cfg.out) as tmp:
         profile.write(tmp)
@@ -101,6 +124,7 @@ def run(cfg: Config) -> dict:
         "estimator": cfg.estimator,
         "tap": cfg.tap,
         "bins": cfg.bins,
+        "bootstrap": resamples,
         "entropy_mean": float(np.mean(entropies)),
         "entropy_min": float(np.min(entropies)),
         "entropy_max": float(np.max(entropies)),
@@ -109,13 +133,37 @@ def run(cfg: Config) -> dict:
     }
 
 
+def _bootstrap(results: list[LayerEntropy], resamples: int, batches: int, cfg: Config, num_classes: int) -> dict | None:
+    """profile.json's ``bootstrap``: each layer's entropy on every resample (forward order), and the
+    default rule's selection frequencies and cost spread over them; None without resamples."""
+    if not resamples:
+        return None
+    structure = backbone(cfg.arch, num_classes)
+    resampled = [{r.name: r.resampled[i] for r in results} for i in range(resamples)]
+    rule = parse_rule(DEFAULT_RULE)
+    return {
+        "resamples": resamples, "seed": cfg.seed, "unit": "batch", "batches": batches, "batch_size": cfg.batch_size,
+        "entropies": {r.name: list(r.resampled) for r in results},
+        "rules": {str(rule): summarize(resampled_selections(resampled, structure.costs, rule), structure)},
+    }
+
+
 def _notes(profile: Profile) -> list[str]:
-    return [
+    notes = [
         f"weights {profile.weights} (sha256 {profile.weights_sha256}); dataset manifest sha256 "
         f"{profile.dataset_manifest_sha256}",
         f"{profile.num_images} {profile.split} images at {profile.image_size} px; estimator "
         f"{profile.estimator}, {profile.bins} bins, tap {profile.tap}. Error bars: std over batches.",
     ]
+    if profile.bootstrap:
+        boot = profile.bootstrap
+        rule = boot["rules"][DEFAULT_RULE]
+        low, high = (100 * rule["reduction_vs_full"][p] for p in ("p5", "p95"))
+        notes.append(
+            f"Bootstrap: {boot['resamples']} resamples of the {boot['batches']} batches; {DEFAULT_RULE} picks "
+            f"{rule['distinct_sets']} distinct layer sets, {low:.1f}% to {high:.1f}% fewer trainable parameters "
+            "than full fine-tuning (5th to 95th percentile); selection.html has the detail.")
+    return notes
 
 
 def _rows(profile: Profile) -> list[tuple]:
