@@ -15,6 +15,12 @@ draws them), scored twice: on the test split as shipped and on the test split wi
 image that is an exact or near duplicate of a training (train or val) image, per the ingest
 manifest's duplicate groups.
 
+Selection stability: the entropy selection comes from one sample of profiling images, so per
+architecture the profile is repeated with every seed's sample (``profile --seed s``, no
+fine-tuning) and the report counts the distinct below-mean layer sets and each layer's
+frequency across seeds, beside what seed 0's bootstrap resamples (``profile --bootstrap``)
+predict. The fine-tuning grid keeps seed 0's selection.
+
 Resumable: a run whose result JSON exists is skipped, and an interrupted fine-tuning run
 resumes from its last epoch checkpoint, so re-running the same command continues a killed
 benchmark. Results (``--results``): ``<name>.md`` (tables, command, date, machine, versions,
@@ -267,6 +273,58 @@ def prepare_arch(args, arch: str, dataset: Path, work: Path) -> dict[tuple[str, 
     return selections
 
 
+def selection_stability(args, arch: str, dataset: Path, work: Path) -> dict:
+    """The below-mean selection on each seed's sample of profiling images (seed 0's is the grid's
+    profile): distinct layer sets, per-layer frequency and reduction spread across seeds, beside
+    seed 0's bootstrap estimate of the same (None for a profile made without resamples)."""
+    from entropy_ft.artifacts import Profile
+    from entropy_ft.model.archs import backbone
+    from entropy_ft.selection.rules import DEFAULT_RULE, parse_rule, select_by_entropy
+    from entropy_ft.selection.stability import summarize
+    from entropy_ft.steps import profile
+
+    profiles = []
+    for seed in range(args.seeds):
+        out = work / ("profile" if seed == 0 else f"profile-s{seed}")
+        if not (out / "profile.json").is_file():
+            log(f"{arch}: profiling seed {seed}'s sample of {args.profile_images} training images")
+            profile.run(profile.Config(dataset=str(dataset), arch=arch, weights=weights_for(args, arch), out=str(out),
+                                       images=args.profile_images, device=args.device, seed=seed))
+        profiles.append(Profile.read(str(out)))
+    structure = backbone(arch, profiles[0].num_classes)
+    rule = parse_rule(DEFAULT_RULE)
+    selections = [select_by_entropy(p.entropies(), structure.costs, rule) for p in profiles]
+    boot = profiles[0].bootstrap
+    return {"rule": str(rule), "seeds": len(profiles), "costs": structure.costs, "selections": selections,
+            "reduction_by_seed": [structure.accounting(s)["reduction_vs_full"] for s in selections],
+            "across_seeds": summarize(selections, structure),
+            "bootstrap_seed_0": boot["rules"][str(rule)] if boot else None}
+
+
+def stability_markdown(stability: dict[str, dict]) -> list[str]:
+    """The report's section on how often entropy's choice changes with the sample of profiling images."""
+    lines = ["", "## Stability of the entropy selection", "",
+             "Below-mean selection on each seed's sample of profiling images (profiles only; the fine-tuning runs "
+             "above use seed 0's), beside seed 0's bootstrap resamples of its batches. Reduction: fewer trainable "
+             "parameters than full fine-tuning.", "",
+             "| arch | seeds | distinct layer sets | reduction by seed | bootstrap resamples (seed 0) "
+             "| distinct sets in resamples | reduction in resamples (5th to 95th pct.) |",
+             "|---|---:|---:|---|---:|---:|---|"]
+    for arch, st in stability.items():
+        boot = st["bootstrap_seed_0"]
+        by_seed = ", ".join(f"{100 * r:.1f}%" for r in st["reduction_by_seed"])
+        lines.append(f"| {arch} | {st['seeds']} | {st['across_seeds']['distinct_sets']} | {by_seed} | "
+                     + (f"{boot['resamples']} | {boot['distinct_sets']} | {100 * boot['reduction_vs_full']['p5']:.1f}% "
+                        f"to {100 * boot['reduction_vs_full']['p95']:.1f}% |" if boot else "n/a | n/a | n/a |"))
+    for arch, st in stability.items():
+        boot = (st["bootstrap_seed_0"] or {}).get("frequency")
+        lines += ["", f"### {arch}: share of selections that unfreeze each layer", "",
+                  "| layer | params | across seeds | bootstrap (seed 0) |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {st['costs'][name]:,} | {share:.2f} | " + (f"{boot[name]:.2f} |" if boot else "n/a |")
+                  for name, share in st["across_seeds"]["frequency"].items()]
+    return lines
+
+
 def run_grid(args, dataset: Path, leak: dict, work_dirs: dict[str, Path]) -> list[dict]:
     results = []
     jobs = [(arch, strategy, seed) for arch in args.archs for seed in range(args.seeds) for strategy in args.strategies]
@@ -387,7 +445,7 @@ def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]
     return written
 
 
-def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list[str]) -> str:
+def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list[str], stability: dict) -> str:
     s = meta["settings"]
     lines = [
         f"# Paper reproduction: entropy-selected fine-tuning on the Kaggle brain-MRI archive ({args.name})",
@@ -447,6 +505,7 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
         for r in rows:
             lines.append(f"| {r['arch']} | {r['strategy']} | "
                          + " | ".join(fmt(r[f"{test}_accuracy_sigma_{x:g}"]) for x in args.sigmas) + " |")
+    lines += stability_markdown(stability)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots_written] + [""]
     return "\n".join(lines)
 
@@ -465,6 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"test set: {leak['removed']} of {leak['test_images']} images duplicate a train/val image")
     results = run_grid(args, dataset, leak, work_dirs)
     rows = aggregate(results, args.sigmas)
+    stability = {arch: selection_stability(args, arch, dataset, work_dirs[arch]) for arch in args.archs}
 
     args.results.mkdir(parents=True, exist_ok=True)
     finished = datetime.now(timezone.utc)
@@ -479,8 +539,9 @@ def main(argv: list[str] | None = None) -> None:
     plots_written = write_plots(args, rows, work_dirs)
     leak_json = {k: v for k, v in leak.items() if k != "keep"}
     (args.results / f"{args.name}.json").write_text(json.dumps(
-        {"schema_version": 1, **meta, "test_dedup": leak_json, "summary": rows, "runs": results}, indent=2) + "\n")
-    (args.results / f"{args.name}.md").write_text(markdown(args, meta, rows, leak_json, plots_written))
+        {"schema_version": 1, **meta, "test_dedup": leak_json, "summary": rows, "selection_stability": stability,
+         "runs": results}, indent=2) + "\n")
+    (args.results / f"{args.name}.md").write_text(markdown(args, meta, rows, leak_json, plots_written, stability))
     log(f"wrote {args.results / (args.name + '.md')}")
 
 
