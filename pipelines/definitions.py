@@ -1,6 +1,7 @@
 """The two pipelines and their parameters.
 
-* training: ingest -> profile -> select -> finetune -> evaluate -> register.
+* training: ingest -> profile -> select -> finetune -> evaluate -> register, and with
+  ``external_data`` an evaluate-external task beside register (external validation).
 * ablation: the same ingest and profile, then one branch per strategy (``dsl.ParallelFor``:
   select -> finetune -> evaluate), then compare.
 
@@ -21,7 +22,7 @@ from typing import Any, List
 from kfp import dsl
 
 from entropy_ft.components.compare import compare
-from entropy_ft.components.evaluate import evaluate
+from entropy_ft.components.evaluate import evaluate, evaluate_external
 from entropy_ft.components.finetune import finetune
 from entropy_ft.components.ingest import ingest
 from entropy_ft.components.profile import profile
@@ -121,6 +122,9 @@ PARAMS: list[Param] = [
     Param("seed", ingest_step.Config, "seed", help="seed for splits, profile subset, selection, training and noise"),
     *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise"),
     *_same(evaluate_step.Config, "noise"),
+    Param("external_data", evaluate_step.Config, "data", pipelines=("training",), default="",
+          help="external validation data (folder, .zip, .tar, s3://, or a Dataset's URI): the model is also scored "
+               "on it, logged to the same MLflow run ('' for none)"),
     *_same(register_step.Config, "model_name", "promote", "gate_metric", "gate_alpha", "gate_min_delta",
            "drift_threshold", pipelines=("training",)),
 ]
@@ -170,7 +174,7 @@ def _components(opts: ClusterOptions | None) -> dict:
     opts = opts or ClusterOptions()
     image, gpu_image = opts.step_image(), opts.step_image(gpu=True)
     funcs = {"ingest": ingest, "profile": profile, "select": select, "finetune": finetune, "evaluate": evaluate,
-             "register": register, "compare": compare}
+             "evaluate_external": evaluate_external, "register": register, "compare": compare}
     return {name: dsl.component(func, base_image=gpu_image if name == "finetune" else image,
                                 install_kfp_package=install_kfp) for name, func in funcs.items()}
 
@@ -189,7 +193,11 @@ def _training(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamesp
                         mlflow_run_id=ft.outputs["Output"],
                         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         pipeline_name=TRAINING)
-    _configure(opts, cache, ing, prof, sel, ft, ev, reg)
+    with dsl.If(p.external_data != "", name="external-validation"):
+        ext = c["evaluate_external"](model=ft.outputs["model"], training_data=ing.outputs["dataset"],
+                                     data=p.external_data, noise=p.noise, seed=p.seed,
+                                     mlflow_run_id=ft.outputs["Output"])
+    _configure(opts, cache, ing, prof, sel, ft, ev, reg, ext)
 
 
 def _ablation(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamespace) -> None:
@@ -261,17 +269,17 @@ def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str
     return sel, ft, ev
 
 
-def _configure(opts: ClusterOptions | None, cache: bool, ing, prof, sel, ft, ev, reg=None) -> None:
+def _configure(opts: ClusterOptions | None, cache: bool, ing, prof, sel, ft, ev, reg=None, ext=None) -> None:
     """Caching, retries, secrets and resources; locally only caching applies (kfp.local ignores the rest)."""
+    tracked = [t for t in (reg, ext) if t is not None]  # log into finetune's MLflow run
     for task in (ing, prof):
         task.set_caching_options(cache)  # keyed by inputs: same data and settings -> reuse
-    for task in (sel, ft, ev, *([reg] if reg is not None else [])):
+    for task in (sel, ft, ev, *tracked):
         task.set_caching_options(False)
     if opts is None:
         return
-    for task in (ing, prof, sel, ev):
+    for task in (ing, prof, sel, ev, *([ext] if ext is not None else [])):
         cluster.talks_to_storage(task, opts)
-    cluster.talks_to_mlflow(ft, opts)
     cluster.trains(ft, opts)
-    if reg is not None:
-        cluster.talks_to_mlflow(reg, opts)
+    for task in (ft, *tracked):
+        cluster.talks_to_mlflow(task, opts)

@@ -42,6 +42,7 @@ OUTPUTS = {
         "selection": "select/selection",
         "model": "finetune/model",
         "evaluation": "evaluate/evaluation",
+        "external": "evaluate-external/evaluation",  # only with --external-data
         "registration": "register/report",
     },
     "ablation": {
@@ -78,8 +79,8 @@ class Config(Options):
 
 
 def local_inputs(arguments: dict) -> dict:
-    """The arguments with local data, labels and weight paths made absolute (components may run in another
-    working directory); a local path that does not exist is a UserError before anything starts."""
+    """The arguments with local data, external data, labels and weight paths made absolute (components may run
+    in another working directory); a local path that does not exist is a UserError before anything starts."""
     out = dict(arguments)
     if "data" in out:
         sources = []
@@ -94,6 +95,10 @@ def local_inputs(arguments: dict) -> dict:
         if not Path(out["extends"]).exists():
             raise UserError(f"--extends {out['extends']}: no such dataset folder")
         out["extends"] = str(Path(out["extends"]).resolve())
+    if out.get("external_data") and not out["external_data"].startswith(("s3://", "synthetic:")):
+        if not Path(out["external_data"]).exists():
+            raise UserError(f"--external-data {out['external_data']}: no such file or folder")
+        out["external_data"] = str(Path(out["external_data"]).resolve())
     if out.get("labels") and not out["labels"].startswith("s3://"):
         if not Path(out["labels"]).is_file():
             raise UserError(f"--labels {out['labels']}: no such file")

@@ -46,9 +46,20 @@ def _tasks(spec: dict) -> dict:
 def test_training_has_every_task_in_order(compiled):
     _, spec, _ = compiled["training"]
     tasks = _tasks(spec)
-    assert set(tasks) == {"ingest", "profile", "select", "finetune", "evaluate", "register"}
+    assert set(tasks) == {"ingest", "profile", "select", "finetune", "evaluate", "register", "condition-1"}
     assert tasks["finetune"]["dependentTasks"] == ["ingest", "select"]
     assert set(tasks["register"]["dependentTasks"]) == {"evaluate", "finetune", "ingest", "profile", "select"}
+    # external validation: only when external_data is given, after finetune, into finetune's MLflow run
+    condition = tasks["condition-1"]
+    assert condition["taskInfo"]["name"] == "external-validation"
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--external_data'] != ''"
+    assert set(condition["dependentTasks"]) == {"finetune", "ingest"}
+    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"evaluate-external"}
+    inputs = inner["evaluate-external"]["inputs"]
+    assert inputs["parameters"]["mlflow_run_id"]["componentInputParameter"] == "pipelinechannel--finetune-Output"
+    assert inputs["parameters"]["data"]["componentInputParameter"] == "pipelinechannel--external_data"
+    assert inputs["artifacts"]["training_data"]["componentInputArtifact"] == "pipelinechannel--ingest-dataset"
 
 
 def test_ablation_fans_out_over_strategies_and_compares(compiled):
@@ -92,26 +103,29 @@ def test_retries_caching_and_secret_references(compiled):
     assert secrets["exec-finetune"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
 
 
-def _talks_to_mlflow(stage: str) -> bool:
-    """Whether a stage's component or step uses entropy_ft.tracking (the MLflow client), read from the source."""
-    repo = Path(__file__).resolve().parents[1]
-    sources = [repo / "components" / f"{stage}.py", repo / "entropy_ft" / "steps" / f"{stage}.py"]
-    return any("entropy_ft.tracking" in path.read_text() for path in sources if path.exists())
+def _talks_to_mlflow(code: str) -> bool:
+    """Whether a component uses entropy_ft.tracking (the MLflow client): in its own code as compiled into its
+    executor, or in the step module it runs, read from the source."""
+    steps = Path(__file__).resolve().parents[1] / "entropy_ft" / "steps"
+    return "entropy_ft.tracking" in code or any(
+        "entropy_ft.tracking" in (steps / f"{stage}.py").read_text()
+        for stage in re.findall(r"from entropy_ft\.steps import (\w+) as step", code))
 
 
 @pytest.mark.parametrize("name", ["training", "ablation"])
 def test_every_step_that_talks_to_mlflow_can_log_in(compiled, name):
     """The production MLflow refuses anonymous requests: each step that uses the MLflow client gets the tracking
     URI and MLFLOW_TRACKING_USERNAME / _PASSWORD from the optional entropy-ft-mlflow Secret; no other step does."""
-    _, _, platform = compiled[name]
+    _, pipeline, platform = compiled[name]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     talking = set()
     for executor, spec in executors.items():
-        stage = executor.removeprefix("exec-")  # one executor per stage, named after it
+        stage = executor.removeprefix("exec-")  # one executor per component, named after it
+        code = "\n".join(pipeline["deploymentSpec"]["executors"][executor]["container"]["command"])
         secret = {(s["secretName"], k["secretKey"], k["envVar"], s["optional"])
                   for s in spec.get("secretAsEnv", []) for k in s["keyToEnv"] if s["secretName"] == "entropy-ft-mlflow"}
         uri = {k["envVar"] for c in spec.get("configMapAsEnv", []) for k in c["keyToEnv"]} & {"MLFLOW_TRACKING_URI"}
-        if _talks_to_mlflow(stage):
+        if _talks_to_mlflow(code):
             talking.add(stage)
             assert secret == {("entropy-ft-mlflow", v, v, True)
                               for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}, executor
@@ -119,6 +133,7 @@ def test_every_step_that_talks_to_mlflow_can_log_in(compiled, name):
         else:
             assert not secret and not uri, f"{executor} gets MLflow credentials it does not use"
     assert "finetune" in talking and ("register" in talking) == (name == "training")
+    assert ("evaluate-external" in talking) == (name == "training") and "evaluate" not in talking
 
 
 @pytest.mark.parametrize("name", ["training", "ablation"])
@@ -180,6 +195,12 @@ def test_local_run_makes_local_paths_absolute(tmp_path, monkeypatch):
     assert absolute_paths({"weights": "imagenet"}) == {"weights": "imagenet"}
     assert absolute_paths({"labels": "", "extends": ""}) == {"labels": "", "extends": ""}
     assert absolute_paths({"labels": "s3://b/labels.csv"}) == {"labels": "s3://b/labels.csv"}
+    (tmp_path / "other").mkdir()
+    assert absolute_paths({"external_data": "other"}) == {"external_data": f"{tmp_path}/other"}
+    assert absolute_paths({"external_data": ""}) == {"external_data": ""}
+    assert absolute_paths({"external_data": "s3://b/ext.zip"}) == {"external_data": "s3://b/ext.zip"}
+    with pytest.raises(UserError, match="--external-data elsewhere.zip: no such file or folder"):
+        absolute_paths({"external_data": "elsewhere.zip"})
     with pytest.raises(UserError, match="--data missing.zip: no such file or folder"):
         absolute_paths({"data": "missing.zip"})
     with pytest.raises(UserError, match="--weights nope.pt"):

@@ -28,7 +28,9 @@ def run_cli(args: list[str], tmp_path: Path) -> dict:
 @pytest.fixture(scope="module")
 def training_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("training")
-    return run_cli(["run", "--root", str(tmp / "out"), *TINY, "--epochs", "2", "--model-name", "pipeline-test"], tmp)
+    # external validation on 40 phantoms: those drawn with the class the training data's same index has are copies
+    return run_cli(["run", "--root", str(tmp / "out"), *TINY, "--epochs", "2", "--model-name", "pipeline-test",
+                    "--external-data", "synthetic:40"], tmp)
 
 
 def test_training_pipeline_produces_every_artifact(training_run):
@@ -56,12 +58,16 @@ def test_training_pipeline_produces_every_artifact(training_run):
     assert evaluation["num_images"] == manifest["totals"]["test"]
 
     assert "version" in (out["registration"]).read_text().lower()
+    external = json.loads((out["external"] / "eval.json").read_text())
+    assert external["split"] == "all" and external["num_images"] == 40 and external["external"]["unknown_images"] == 0
     for name in ("profile/chart", "select/chart", "evaluate/plot"):
         assert "<svg" in (Path(training_run["run_dir"]) / name).read_text()
 
 
 def test_training_run_registers_in_the_local_mlflow_store(training_run):
     from mlflow import MlflowClient
+
+    from entropy_ft.data import synthetic
 
     uri = training_run["mlflow_tracking_uri"]
     assert uri.startswith("sqlite:///") and training_run["mlflow_ui"].startswith("mlflow ui --backend-store-uri")
@@ -79,6 +85,14 @@ def test_training_run_registers_in_the_local_mlflow_store(training_run):
     card = run.data.tags["mlflow.note.content"]
     assert "## Registration gate" in card and versions[0].description == card
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation", "testing"}
+    # the external validation task logged into the same run, copies of training images counted
+    copies = int((synthetic.labels(40, 0) == synthetic.labels(120, 0)[:40]).sum())
+    metrics = run.data.metrics
+    assert metrics["external_scored"] == 40 and metrics["external_duplicates_exact"] == copies > 0
+    assert metrics["external_unseen_images"] == 40 - metrics["external_duplicates"] and copies < 40
+    assert "external_accuracy_sigma_0.2" in metrics
+    assert {"external/eval.json", "external/eval.html"} <= {f.path for f in client.list_artifacts(run.info.run_id,
+                                                                                                   "external")}
 
 
 def test_a_second_run_reuses_ingest_and_profile_unless_told_not_to(training_run, tmp_path):

@@ -60,6 +60,8 @@ class Config(Options):
     labels: str | None = option(None, metavar="FILE.csv",
                                 help="classes from a CSV file (local or s3://) instead of folders: columns label, "
                                      "path and/or sop_instance_uid, optional patient")
+    external: bool = option(False, cli=False, help="data only to score (evaluate --data), every split alike: a class "
+                                                   "may have test images only")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -310,7 +312,7 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
 
     classes = sorted(set(class_of))
     in_training = {class_of[j] for j, s in enumerate(split_of) if s in ("train", "val")}
-    if missing := [c for c in classes if c not in in_training]:
+    if (missing := [c for c in classes if c not in in_training]) and not cfg.external:
         raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, "
                         "only test images")
 

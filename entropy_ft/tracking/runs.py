@@ -388,6 +388,38 @@ def log_evaluation(run_id: str, evaluation: Mapping) -> dict[str, float]:
     return metrics
 
 
+EXTERNAL_FILES = ("eval.json", "eval.html", "eval.png", "gradcam.png")
+
+
+def external_metrics(evaluation: Mapping) -> dict[str, float]:
+    """An external evaluation's run metrics: its scores as ``external_<m>`` (every name
+    :func:`eval_metrics` gives ``test_<m>``), the counts ``external_scored``, ``external_unknown_images``,
+    ``external_duplicates`` / ``_exact`` / ``_near``, and the unseen images' ``external_unseen_<m>``."""
+    out = {"external_" + name.removeprefix("test_"): value for name, value in eval_metrics(evaluation).items()}
+    section = evaluation.get("external") or {}
+    duplicates = section.get("duplicates") or {}
+    out.update(flatten_numbers({"scored": section.get("scored"), "unknown_images": section.get("unknown_images"),
+                                "duplicates": duplicates.get("duplicates"), "duplicates_exact": duplicates.get("exact"),
+                                "duplicates_near": duplicates.get("near"), "unseen": section.get("unseen") or {}},
+                               "external_"))
+    return out
+
+
+def log_external_evaluation(run_id: str, evaluation: Mapping, folder: str) -> dict[str, float]:
+    """External validation into the pipeline's run: :func:`external_metrics`, and the files evaluate
+    wrote to ``folder`` (eval.json, eval.html, the plots) under ``external/``, beside the run's own
+    test evaluation."""
+    from entropy_ft import storage
+
+    metrics = external_metrics(evaluation)
+    log_metrics(run_id, metrics)
+    for name in EXTERNAL_FILES:
+        uri = storage.join(folder, name)
+        if storage.exists(uri):
+            _log_bytes(run_id, name, storage.read_bytes(uri), "external")
+    return metrics
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
     """Named numbers at step 0, in one batch (e.g. the drift scores)."""
     from mlflow.entities import Metric
