@@ -225,7 +225,8 @@ def test_local_tasks_start_without_pip():
     from entropy_ft.pipelines.definitions import _components
 
     local, cluster = _components(None), _components(ClusterOptions())
-    assert set(local) == {"ingest", "profile", "select", "finetune", "evaluate", "register", "compare"}
+    assert set(local) == {"ingest", "profile", "select", "finetune", "evaluate", "evaluate_external", "register",
+                          "compare"}
     for name, component in local.items():
         assert "pip install" not in " ".join(component.component_spec.implementation.container.command), name
         assert "pip install" in " ".join(cluster[name].component_spec.implementation.container.command), name
