@@ -4,7 +4,8 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, lr: float, batch_size: int,
-             train_noise: float, seed: int, track: bool, kfp_run_id: str, kfp_run_name: str, pipeline_name: str,
+             train_noise: float, train_noise_p: float, train_noise_mode: str, seed: int, track: bool,
+             kfp_run_id: str, kfp_run_name: str, pipeline_name: str,
              model: Output[Model], metrics: Output[Metrics]) -> str:
     """Train; with ``track`` an MLflow run is opened and its id returned, with per-epoch metrics logged as they happen.
 
@@ -15,6 +16,8 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
         lr: AdamW peak learning rate.
         batch_size: training batch size.
         train_noise: the largest Gaussian pixel noise sigma drawn per training image (0: none).
+        train_noise_p: the share of training images that get noise.
+        train_noise_mode: uniform (sigma ~ U(0, train_noise)) or fixed (sigma = train_noise: the same-sigma ablation).
         seed: seed of the head's init, the shuffle and the augmentation.
         track: open an MLflow run for this pipeline run (training) or not (ablation branches).
         kfp_run_id: the KFP run id (tags the MLflow run).
@@ -30,7 +33,8 @@ def finetune(dataset: Input[Dataset], selection: Input[Artifact], epochs: int, l
     from entropy_ft.steps import finetune as step
 
     values = dict(dataset=dataset.path, selection=selection.path, out=model.path, epochs=epochs, lr=lr,
-                  batch_size=batch_size, train_noise=train_noise, seed=seed, resume=True)
+                  batch_size=batch_size, train_noise=train_noise, train_noise_p=train_noise_p,
+                  train_noise_mode=train_noise_mode, seed=seed, resume=True)
     if track:
         from entropy_ft.tracking import runs
 

@@ -120,7 +120,7 @@ PARAMS: list[Param] = [
     Param("rule", select_step.Config, "rule", default=DEFAULT_RULE),
     Param("stability", select_step.Config, "stability"),
     Param("seed", ingest_step.Config, "seed", help="seed for splits, profile subset, selection, training and noise"),
-    *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise"),
+    *_same(finetune_step.Config, "epochs", "lr", "batch_size", "train_noise", "train_noise_p", "train_noise_mode"),
     *_same(evaluate_step.Config, "noise"),
     Param("external_data", evaluate_step.Config, "data", pipelines=("training",), default="",
           help="external validation data (folder, .zip, .tar, s3://, or a Dataset's URI): the model is also scored "
@@ -263,7 +263,8 @@ def _branch(c: dict, p: SimpleNamespace, ing, prof, strategy, pipeline_name: str
     sel = c["select"](profile=prof.outputs["profile"], strategy=strategy, rule=p.rule, stability=p.stability,
                       seed=p.seed)
     ft = c["finetune"](dataset=ing.outputs["dataset"], selection=sel.outputs["selection"], epochs=p.epochs, lr=p.lr,
-                       batch_size=p.batch_size, train_noise=p.train_noise, seed=p.seed, track=track,
+                       batch_size=p.batch_size, train_noise=p.train_noise, train_noise_p=p.train_noise_p,
+                       train_noise_mode=p.train_noise_mode, seed=p.seed, track=track,
                        kfp_run_id=run_id, kfp_run_name=run_name, pipeline_name=pipeline_name)
     ev = c["evaluate"](model=ft.outputs["model"], dataset=ing.outputs["dataset"], noise=p.noise, seed=p.seed)
     return sel, ft, ev

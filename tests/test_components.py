@@ -47,7 +47,8 @@ def chain(tmp_path_factory) -> dict:
         chart=out["select_chart"], metrics=out["select_metrics"])
     out["model"], out["finetune_metrics"] = _artifact(dsl.Model, tmp / "model"), _artifact(dsl.Metrics, tmp / "m-4")
     out["finetune_return"] = C["finetune"].python_func(
-        dataset=out["dataset"], selection=out["selection"], epochs=1, lr=1e-3, batch_size=32, train_noise=0.2, seed=0,
+        dataset=out["dataset"], selection=out["selection"], epochs=1, lr=1e-3, batch_size=32, train_noise=0.2,
+        train_noise_p=0.5, train_noise_mode="uniform", seed=0,
         track=False, kfp_run_id="", kfp_run_name="", pipeline_name="test", model=out["model"],
         metrics=out["finetune_metrics"])
     out["evaluation"] = _artifact(dsl.Artifact, tmp / "evaluation")
@@ -93,6 +94,7 @@ def test_finetune_writes_a_model_dir_and_no_mlflow_run_when_not_tracking(chain):
     assert chain["finetune_metrics"].metadata["epochs_run"] == 1
     config = json.loads((model / "model.json").read_text())["training"]["config"]
     assert config["train_noise"] == 0.2 and config["train_noise_p"] == 0.5  # the pipeline's noise reached training
+    assert config["train_noise_mode"] == "uniform"
     assert chain["model"].metadata["strategy"] == "head"
 
 

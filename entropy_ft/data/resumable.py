@@ -25,14 +25,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_noise(seed: int, epoch: int, batch: int, size: int, sigma_max: float,
-                probability: float) -> tuple[torch.Tensor, torch.Generator]:
+                probability: float, fixed: bool = False) -> tuple[torch.Tensor, torch.Generator]:
     """Per-image Gaussian noise levels for one training batch, and the generator to draw the noise with.
 
-    Each image gets sigma ~ U(0, ``sigma_max``) with ``probability`` and no noise otherwise (pixels
-    in [0, 1], clipped after, as the noise evaluation does). Both are a function of (seed, epoch,
-    batch position), so a resumed run draws exactly what an uninterrupted one would."""
+    Each image gets, with ``probability``, sigma ~ U(0, ``sigma_max``), or exactly ``sigma_max``
+    when ``fixed`` (the same-sigma ablation: train at the sigma the test adds), and no noise
+    otherwise (pixels in [0, 1], clipped after, as the noise evaluation does). Both are a function of
+    (seed, epoch, batch position), so a resumed run draws exactly what an uninterrupted one would."""
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch) * 100_003 + batch)
-    sigmas = torch.rand(size, generator=g) * sigma_max
+    sigmas = torch.full((size,), float(sigma_max)) if fixed else torch.rand(size, generator=g) * sigma_max
     return sigmas * (torch.rand(size, generator=g) < probability), g
 
 

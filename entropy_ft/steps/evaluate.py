@@ -78,10 +78,10 @@ class Config(Options):
 
 def run(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
-    sigmas = tuple(sorted(set(float(s) for s in cfg.noise) | {0.0}))  # sigma 0 is always reported
     with contextlib.ExitStack() as stack:
         model_path = stack.enter_context(storage.local_copy(ModelMeta.folder_of(cfg.model)))
         model, meta = load_model_dir(model_path, device)
+        sigmas = evaluated_sigmas(cfg.noise, (meta.training or {}).get("config") or {})
         classes = list(meta.classes)
         if cfg.data:
             images, data_sha, report_extra = _external(cfg, meta, stack)
@@ -122,6 +122,13 @@ def run(cfg: Config) -> dict:
         "accuracy_by_sigma": {f"{r['sigma']:g}": r["accuracy"] for r in rows},
         **({"external": _external_summary(report.external)} if report.external else {}),
     }
+
+
+def evaluated_sigmas(noise, train_config: dict) -> tuple[float, ...]:
+    """The sigmas to score, ascending: ``noise``, 0 always, and for a model trained at one fixed sigma
+    (``--train-noise-mode fixed``) that sigma, where the same-sigma ablation reads its result."""
+    fixed = train_config.get("train_noise_mode") == "fixed" and (train_config.get("train_noise") or 0) > 0
+    return tuple(sorted({0.0, *(float(s) for s in noise), *([float(train_config["train_noise"])] if fixed else [])}))
 
 
 def _external(cfg: Config, meta: ModelMeta, stack: contextlib.ExitStack):

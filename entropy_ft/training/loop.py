@@ -55,6 +55,9 @@ WARMUP_FRACTION = 0.05
 EpochCallback = Callable[[int, dict], None]
 
 
+TRAIN_NOISE_MODES = ("uniform", "fixed")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Options):
     """The fine-tuning recipe; every field is a flag of ``entropy-ft finetune`` (see the module docstring for why)."""
@@ -74,6 +77,9 @@ class TrainConfig(Options):
                                      "pixels, clipped (0: none)")
     train_noise_p: float = option(0.5, check=between(0, 1), metavar="P",
                                   help="share of training images that get --train-noise")
+    train_noise_mode: str = option("uniform", choices=TRAIN_NOISE_MODES,
+                                   help="uniform: sigma ~ U(0, SIGMA_MAX); fixed: sigma = SIGMA_MAX, the same-sigma "
+                                        "ablation (train at the sigma tested; evaluate then always scores it)")
     device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 on GPUs and CPUs with native bf16, fp16 AMP on older GPUs, else fp32")
@@ -293,7 +299,7 @@ def _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler, 
         for images, labels in loader:
             if cfg.train_noise > 0:
                 sigmas, g = train_noise(cfg.seed, state.epoch, state.batches_done, len(images), cfg.train_noise,
-                                        cfg.train_noise_p)
+                                        cfg.train_noise_p, fixed=cfg.train_noise_mode == "fixed")
                 x = to_model_input(images, device, noise_sigma=sigmas, generator=g)
             else:
                 x = to_model_input(images, device)
