@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from interruptions import Killed, StopAfter, kill_after_epoch
 from selection_factory import CLASSES, selection_doc
 from torch import nn
 
@@ -15,7 +16,7 @@ from entropy_ft.model import factory as models
 from entropy_ft.model.freezing import apply_selection, frozen_batchnorms, split_frozen_prefix
 from entropy_ft.training.checkpoint import load_checkpoint, save_checkpoint
 from entropy_ft.training.loop import TrainConfig, lr_factor, train
-from entropy_ft.training.preemption import Preempted, StopFlag
+from entropy_ft.training.preemption import Preempted
 
 
 def _model(arch: str, strategy: str, seed: int = 0) -> tuple[nn.Module, dict]:
@@ -166,34 +167,6 @@ def test_frozen_weights_and_batchnorm_statistics_are_bit_identical(trained):
 RESUME = TrainConfig(epochs=3, batch_size=16, patience=3, precision="fp32", device="cpu", seed=3)
 
 
-class StopAfter(StopFlag):
-    """Asks to stop at the ``n``-th batch boundary, as a SIGTERM arriving then would."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.left = n
-
-    @property
-    def requested(self) -> bool:
-        self.left -= 1
-        return self.left <= 0
-
-    @requested.setter
-    def requested(self, value: bool) -> None:
-        pass
-
-
-class Killed(Exception):
-    pass
-
-
-def _kill_after_epoch(n: int):
-    def on_epoch_end(epoch: int, _metrics: dict) -> None:
-        if epoch == n:
-            raise Killed()
-    return on_epoch_end
-
-
 @pytest.mark.parametrize(("arch", "noise"), [("resnet18", 0.0), ("squeezenet1_1", 0.0), ("resnet18", 0.3)])
 def test_resumed_run_ends_with_bit_identical_weights(arch, noise, synthetic_dataset, tmp_path):
     """BatchNorm statistics, dropout RNG, and the per-image training noise all resume exactly."""
@@ -214,7 +187,7 @@ def test_resumed_run_ends_with_bit_identical_weights(arch, noise, synthetic_data
     assert load_checkpoint(ckpt, {})["batches_done"] == 4
     with pytest.raises(Killed):  # killed right after epoch 2's checkpoint
         train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe, ckpt, resume=True, fingerprint=fp,
-              on_epoch_end=_kill_after_epoch(2))
+              on_epoch_end=kill_after_epoch(2))
     resumed = train(fresh(), arch, sel["trainable_modules"], synthetic_dataset, recipe, ckpt, resume=True,
                     fingerprint=fp)
 

@@ -4,7 +4,8 @@
 Workers only slice raw pixels out of one shared Arrow buffer and augment them as uint8
 Pillow images, on the stored channels (one for a grayscale scan); conversion to float,
 optional Gaussian noise and ImageNet normalisation run on whole batches on the device
-(:func:`to_model_input`), where they are cheapest.
+(:func:`to_model_input`), where they are cheapest. The other way in, the whole split held
+on the device and augmented there per batch, is :mod:`entropy_ft.data.on_device`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from entropy_ft.data.format import read_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The training augmentation's ranges, shared by the Pillow path (train_augmentation) and the
+# device path (entropy_ft.data.on_device.augment_batch), so both draw from the same distribution.
+ROTATION_DEGREES = 10.0  # rotation ~ U(-10, 10) degrees
+TRANSLATE = 0.05  # shift ~ U(-5%, 5%) of the side, each axis
+SCALE = (0.92, 1.08)  # zoom ~ U(0.92, 1.08)
+JITTER = 0.15  # brightness and contrast factors ~ U(0.85, 1.15)
 
 
 class ParquetImages(Dataset):
@@ -57,6 +65,49 @@ class ParquetImages(Dataset):
 
             img = F.resize(img, [self.image_size, self.image_size], antialias=True)
         return img
+
+    def plane_shape(self) -> tuple[int, int, int]:
+        """``(P, H, W)`` of :meth:`planes`: P is the number of stored channels over all rows."""
+        if not len(self):
+            return 0, 0, 0
+        h, w = (self.image_size, self.image_size) if self.image_size else self._shape[0, :2]
+        return int(self._shape[:, 2].sum()), int(h), int(w)
+
+    def planes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored channel of the split as one uint8 P x H x W tensor of planes, and which planes make
+        row i: ``index[i]`` (N x C, C = 3 when any row is colour, else 1; a grayscale row names its one plane
+        C times). ``planes[index]`` is a batch pixel for pixel as :meth:`stored` gives it (grayscale copied
+        when C is 3): the device path's upload.
+
+        Planes rather than N x H x W x 3 because a split is mostly grayscale (Kaggle: 106 colour images in
+        7,019), which keeps the split a third of the size. Rows of one split share the ingest size, so an
+        all-grayscale split is one copy of the Arrow buffer; a resize to ``image_size`` runs once here, in
+        chunks of planes, not per epoch."""
+        n = len(self)
+        channels = self._shape[:, 2]
+        first = np.concatenate([[0], np.cumsum(channels)[:-1]]).astype(np.int64)
+        width = 3 if n and channels.max() == 3 else 1
+        index = torch.from_numpy(first[:, None] + (channels[:, None] == 3) * np.arange(width))
+        if n == 0:
+            return torch.empty((0, 0, 0), dtype=torch.uint8), index
+        h, w = (int(v) for v in self._shape[0, :2])
+        if width == 1:
+            planes = self._data[self._offsets[0] : self._offsets[n]].reshape(n, h, w).copy()
+        else:
+            planes = np.empty((int(channels.sum()), h, w), np.uint8)
+            for i in range(n):  # a colour row is stored H x W x 3: its planes are its channels
+                planes[first[i] : first[i] + channels[i]] = np.moveaxis(
+                    self._data[self._offsets[i] : self._offsets[i + 1]].reshape(h, w, -1), 2, 0)
+        planes = torch.from_numpy(planes)
+        side = self.image_size
+        if not side or (h, w) == (side, side):
+            return planes, index
+        from torchvision.transforms.v2 import functional as F
+
+        out = torch.empty((len(planes), side, side), dtype=torch.uint8)
+        for k in range(0, len(planes), 256):  # antialiased as stored() resizes; channels resize independently
+            out[k : k + 256] = F.resize(planes[k : k + 256, None], [side, side], antialias=True)[:, 0]
+        return out, index
 
     def pixels(self, i: int) -> torch.Tensor:
         """Row ``i`` as the model sees it without augmentation: uint8 3xHxW."""
@@ -100,8 +151,8 @@ def train_augmentation():
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.92, 1.08)),
-            v2.ColorJitter(brightness=0.15, contrast=0.15),
+            v2.RandomAffine(degrees=ROTATION_DEGREES, translate=(TRANSLATE, TRANSLATE), scale=SCALE),
+            v2.ColorJitter(brightness=JITTER, contrast=JITTER),
         ]
     )
 
@@ -117,11 +168,16 @@ class LoaderConfig:
 def make_loader(root: str | Path, split: str, cfg: LoaderConfig, train: bool) -> DataLoader:
     """A DataLoader over one split: shuffled and augmented for training, in order otherwise."""
     ds = ParquetImages(root, split, transform=train_augmentation() if train else None, image_size=cfg.image_size)
+    return data_loader(ds, cfg, train)
+
+
+def data_loader(ds: ParquetImages, cfg: LoaderConfig, shuffle: bool) -> DataLoader:
+    """The DataLoader over ``ds`` that :func:`make_loader` builds, for a caller that already has the split read."""
     generator = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=train,
+        shuffle=shuffle,
         drop_last=False,
         num_workers=cfg.num_workers,
         generator=generator,
@@ -146,10 +202,12 @@ def to_model_input(
     noise_sigma: float | torch.Tensor = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 Bx3xHxW -> float, optional Gaussian noise on [0, 1] pixels (clipped), ImageNet-normalised.
+    """uint8 Bx3xHxW (or float already on [0, 1], as the device path's augmentation leaves it) -> float,
+    optional Gaussian noise on [0, 1] pixels (clipped), ImageNet-normalised.
 
     ``noise_sigma`` is one sigma for the batch, or a (B,) tensor of one sigma per image."""
-    x = batch.to(device, non_blocking=True).float().div_(255.0)
+    x = batch.to(device, non_blocking=True)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     sigma = noise_sigma if isinstance(noise_sigma, torch.Tensor) else torch.tensor(float(noise_sigma))
     if bool((sigma > 0).any()):
         noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)

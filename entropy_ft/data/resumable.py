@@ -51,10 +51,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
         self.start = start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def plan(self) -> tuple[list[int], list[int], torch.Generator]:
+        """The whole epoch's order and per-sample augmentation seeds, and the generator that drew them, left
+        where they end: the device path continues it for its augmentation parameters
+        (:meth:`entropy_ft.data.on_device.TrainBatches.plan`), a stream apart from the order's yet a
+        function of (seed, epoch) alone."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist()
+        return order, seeds, g
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, seeds, _ = self.plan()
         return iter(list(zip(order, seeds))[self.start :])
 
     def __len__(self) -> int:

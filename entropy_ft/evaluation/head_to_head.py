@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from entropy_ft.data.loader import LoaderConfig, make_loader
+from entropy_ft.data.loader import LoaderConfig
+from entropy_ft.data.on_device import eval_batches
 from entropy_ft.device import resolve_device
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.noise import noise_generator, predict
@@ -31,7 +32,7 @@ def head_to_head(candidate_dir: Path, champion_dir: Path, data_root: Path, metri
         if classes is not None and list(meta.classes) != classes:
             raise UserError(f"the champion predicts {meta.classes}, the candidate {classes}: no comparison possible")
         classes = list(meta.classes)
-        loader = make_loader(data_root, split, LoaderConfig(64, 0, meta.image_size, seed), train=False)
+        loader = eval_batches(data_root, split, LoaderConfig(64, 0, meta.image_size, seed), dev)
         if len(loader.dataset) == 0:
             raise UserError(f"{data_root}: the {split} split has no images to compare the models on")
         for sigma in sigmas:

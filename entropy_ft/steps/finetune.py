@@ -100,7 +100,8 @@ def run(cfg: Config, on_epoch_end: EpochCallback | None = None) -> dict:
 def calibrate(model, root, cfg: Config, device: str) -> dict:
     """Temperature scaling fitted on the val split (fp32 logits of the kept model), with what it did to
     the val NLL and ECE; and the abstention threshold the served model applies."""
-    labels, logits = predict(model, validation_loader(root, cfg), torch.device(device), desc="calibrate")
+    labels, logits = predict(model, validation_loader(root, cfg, torch.device(device)), torch.device(device),
+                             desc="calibrate")
     temperature = fit_temperature(logits, labels)
     before, _ = reliability(softmax(logits), labels)
     after, _ = reliability(softmax(logits, temperature), labels)
@@ -115,7 +116,7 @@ def model_meta(cfg: Config, selection: Selection, classes: list[str], image_size
                data_sha: str, result: TrainResult, total_params: int, calibration: dict | None = None) -> ModelMeta:
     """model.json content."""
     config = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
-    config.update(device=result.device, precision=result.precision)
+    config.update(device=result.device, precision=result.precision, data_path=result.data_path)
     return ModelMeta(
         arch=selection.arch,
         classes=classes,

@@ -17,7 +17,9 @@ Defaults, and why:
   on validation, never the last. Macro-F1 rather than accuracy, so one class cannot
   dominate the choice.
 * Speed: channels_last tensors, autocast per ``--precision``, and the frozen prefix run
-  without autograd.
+  without autograd. ``--data-path``: the split held on the device and augmented there per
+  batch (:mod:`entropy_ft.data.on_device`; ``auto`` on a GPU, and on the CPU where measured
+  faster), or the DataLoader path (:mod:`entropy_ft.data.resumable`).
 
 Every random draw depends on (seed, epoch, position in the epoch), and the state at any
 batch boundary can be checkpointed, so a resumed run on the CPU ends with bit-identical
@@ -38,7 +40,8 @@ from torch import nn
 
 from entropy_ft import storage
 from entropy_ft.data.decode_pool import default_workers
-from entropy_ft.data.loader import LoaderConfig, make_loader, to_model_input
+from entropy_ft.data.loader import LoaderConfig, to_model_input
+from entropy_ft.data.on_device import DATA_PATHS, eval_batches, resolve_data_path, train_batches
 from entropy_ft.data.resumable import epoch_seed, make_train_loader, train_noise
 from entropy_ft.device import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 from entropy_ft.errors import UserError
@@ -84,11 +87,16 @@ class TrainConfig(Options):
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 on GPUs and CPUs with native bf16, fp16 AMP on older GPUs, else fp32")
     num_workers: int | None = option(None, check=at_least(0),
-                                     help="DataLoader workers (default: 0 on CPU, up to 8 on GPU)")
+                                     help="DataLoader workers of the loader path (default: 0 on CPU, up to 8 on GPU)")
+    data_path: str = option("auto", choices=DATA_PATHS,
+                            help="device: the split held on the device, augmented there per batch; loader: "
+                                 "DataLoader with Pillow augmentation; auto: device on GPUs, and on CPUs the "
+                                 "faster one as measured (device)")
 
     def recipe(self) -> dict:
-        """What decides the trained weights (a resume must match it); device, precision and workers do not."""
-        run_only = ("device", "precision", "num_workers")
+        """What decides the trained weights (a resume must match it); device, precision, workers and data path
+        do not (both paths draw the same augmentation distribution, as both devices compute the same model)."""
+        run_only = ("device", "precision", "num_workers", "data_path")
         return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in run_only}
 
 
@@ -101,6 +109,7 @@ class TrainResult:
     stopped_early: bool
     device: str
     precision: str
+    data_path: str  # device or loader, as resolved
     trainable_params: int
     seconds: float
 
@@ -121,10 +130,10 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam
     )
 
 
-def validation_loader(data_root: str | Path, cfg: TrainConfig, workers: int = 0):
-    """The val split in order, at the training input size: model selection and calibration read it alike."""
-    return make_loader(data_root, "val", LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed),
-                       train=False)
+def validation_loader(data_root: str | Path, cfg: TrainConfig, device: torch.device, workers: int = 0):
+    """The val split in order, at the training input size, resident on the device where it fits: model
+    selection and calibration read it alike."""
+    return eval_batches(data_root, "val", LoaderConfig(cfg.batch_size * 2, workers, cfg.image_size, cfg.seed), device)
 
 
 def loader_workers(device: torch.device) -> int:
@@ -170,8 +179,12 @@ def train(
     params = apply_selection(model, trainable_modules)
     staged = split_frozen_prefix(model, arch)
     workers = cfg.num_workers if cfg.num_workers is not None else loader_workers(device)
-    loader, sampler = make_train_loader(data_root, cfg.batch_size, cfg.seed, workers, cfg.image_size, cfg.augment)
-    val_loader = validation_loader(data_root, cfg, workers)
+    data_path = resolve_data_path(cfg.data_path, device)
+    if data_path == "device":
+        loader, sampler = train_batches(data_root, cfg.batch_size, cfg.seed, device, cfg.image_size, cfg.augment)
+    else:
+        loader, sampler = make_train_loader(data_root, cfg.batch_size, cfg.seed, workers, cfg.image_size, cfg.augment)
+    val_loader = validation_loader(data_root, cfg, device, workers)
     if len(sampler) == 0 or len(val_loader.dataset) == 0:
         raise UserError(f"{data_root}: training needs images in both the train and the val split")
     steps_per_epoch = len(loader)
@@ -184,8 +197,8 @@ def train(
     trainable_params = sum(p.numel() for p in params)
     log.info(
         "fine-tuning %s: %s trainable parameters, %d frozen blocks without autograd, %d train images, "
-        "%d epochs, device %s, precision %s",
-        arch, f"{trainable_params:,}", len(staged.prefix), len(sampler), cfg.epochs, device, precision,
+        "%d epochs, device %s, precision %s, %s data path",
+        arch, f"{trainable_params:,}", len(staged.prefix), len(sampler), cfg.epochs, device, precision, data_path,
     )
 
     state = _Progress()
@@ -270,7 +283,7 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, state.history, state.best_epoch, state.best_metric, stopped_early, str(device), precision,
-                       trainable_params, time.perf_counter() - started)
+                       data_path, trainable_params, time.perf_counter() - started)
 
 
 def _seed_epoch(seed: int, state: _Progress, saved: dict | None) -> None:
@@ -304,13 +317,7 @@ def _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler, 
             else:
                 x = to_model_input(images, device)
             y = labels.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = staged(x)
-            loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = train_step(staged, x, y, optimizer, scaler, criterion, device, precision)
             scheduler.step()
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(dim=1) == y).sum()
@@ -331,6 +338,22 @@ def _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler, 
         bar.close()
     _fold(state, loss_sum, correct, images_this_run)
     return time.perf_counter() - start
+
+
+def train_step(staged: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, criterion: nn.Module, device: torch.device,
+               precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device; returns (loss, logits). The bare loop of
+    benchmarks/perf.py runs this same step, so its floor differs from training by the data path and the
+    loop's bookkeeping alone."""
+    with autocast(device, precision):
+        logits = staged(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
 
 
 def _fold(state: _Progress, loss_sum: torch.Tensor, correct: torch.Tensor, images: int) -> None:
