@@ -1,6 +1,7 @@
 """What each step costs, as ratios of two things measured in the same run on the same inputs.
 
     .venv/bin/python benchmarks/perf.py [--archive PATH] [--weights-dir DIR] [--repeats 3] [--only NAME,...]
+        [--threads N]
 
 Figures (medians over ``--repeats``, the two sides of a ratio measured alternately):
 
@@ -18,8 +19,15 @@ Figures (medians over ``--repeats``, the two sides of a ratio measured alternate
    the default (NCHW) layout.
 6. ``pipeline``: ``entropy-ft run`` through kfp.local against the same library steps called
    directly in one process, on the same small synthetic data (goal <= 1.15).
+7. ``floor``: the product's fine-tuning images/s (``training.loop.train``, one whole epoch as its
+   history times it: batches read, augmented, trained, bookkept) against a bare loop over
+   synthetic tensors already on the device (same arch, size, batch, precision and trainable
+   layers, no data pipeline), for each ``--data-path`` (goal >= 0.85 for the one ``auto`` takes).
+   Runs on the GPU when there is one.
 
-Writes ``<results>/perf.md`` and ``perf.json``. Not a test: run it on an otherwise idle machine.
+Writes ``<results>/perf.md`` and ``perf.json``; with ``--only``, the figures not run keep their
+results from the earlier file, each labelled with the run that measured it. Not a test: run it on
+an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py bes
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
                                       ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
-FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline")
-GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15)}
+FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline", "floor")
+GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15),
+         "floor": (">=", 0.85)}
 
 
 def log(message: str) -> None:
@@ -437,6 +446,94 @@ def pipeline_cost(args, tmp: Path) -> dict:
             "overhead_per_task_seconds": overhead / tasks, "direct_seconds_for_goal": overhead / (goal - 1)}
 
 
+# ---------------------------------------------------------------- 7: the bare-loop floor
+
+
+def floor_cost(args, tmp: Path) -> dict:
+    """Seconds of one training epoch: the product's per data path, and the bare loop's, alternately."""
+    import dataclasses
+
+    import torch
+
+    from entropy_ft.data.loader import ParquetImages
+    from entropy_ft.data.on_device import resolve_data_path
+    from entropy_ft.device import resolve_device, resolve_precision
+    from entropy_ft.model.factory import build_model, conv_layers, trainable_module_names
+    from entropy_ft.steps import ingest
+    from entropy_ft.training.loop import TrainConfig, train
+
+    data = tmp / "floor-data"
+    ingest.run(ingest.Config(sources=(f"synthetic:{args.floor_images}",), out=str(data), image_size=args.floor_size,
+                             seed=0))
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=0, device=str(device), precision=precision)
+    blank = build_model(args.arch, 4, "none")[0]
+    modules = trainable_module_names(blank, args.arch, conv_layers(blank, args.arch))  # full fine-tuning
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model(args.arch, 4, args.weights)[0]
+
+    wall: dict[str, list[float]] = {"device": [], "loader": []}
+
+    def product(path: str) -> float:
+        result = train(fresh(), args.arch, modules, data, dataclasses.replace(cfg, data_path=path))
+        wall[path].append(result.seconds)
+        return result.history[0]["seconds"]
+
+    images = len(ParquetImages(data, "train"))
+    load_before = os.getloadavg()[0]
+    sides = {"bare": lambda: bare_epoch(fresh(), args.arch, modules, images, args.floor_size, cfg, device, precision),
+             "device": lambda: product("device"), "loader": lambda: product("loader")}
+    for fn in sides.values():
+        fn()  # warm-up: kernel choice, allocator, page cache
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            seconds[name].append(fn())
+    rate = {name: images / statistics.median(s) for name, s in seconds.items()}
+    result = {"arch": args.arch, "image_size": args.floor_size, "batch_size": cfg.batch_size, "strategy": "full",
+              "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "precision": precision, "train_images": images, "auto_data_path": resolve_data_path("auto", device),
+              "images_per_second": rate, "runs_seconds": seconds,
+              # train() from call to return: reading and placing the data, the epoch, validation
+              "train_call_seconds": {path: statistics.median(w[1:]) for path, w in wall.items()},
+              "ratio": {path: rate[path] / rate["bare"] for path in ("device", "loader")},
+              "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    log(f"floor: {json.dumps({k: v for k, v in result.items() if k != 'runs_seconds'})}")
+    return result
+
+
+def bare_epoch(model, arch: str, modules: list[str], images: int, size: int, cfg, device, precision: str) -> float:
+    """Seconds of one epoch of ``images`` synthetic images made on the device beforehand: the loop's step
+    (``train_step``: autocast, loss, loss scaling, optimizer), frozen prefix and channels_last, nothing else."""
+    import torch
+    from torch import nn
+
+    from entropy_ft.device import grad_scaler
+    from entropy_ft.model.freezing import apply_selection, split_frozen_prefix
+    from entropy_ft.training.loop import train_step
+
+    model.to(device, memory_format=torch.channels_last)
+    params = apply_selection(model, modules)
+    staged = split_frozen_prefix(model, arch).train()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(device, precision)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    g = torch.Generator().manual_seed(0)
+    sizes = [min(cfg.batch_size, images - k) for k in range(0, images, cfg.batch_size)]
+    xs = [torch.randn(b, 3, size, size, generator=g).to(device, memory_format=torch.channels_last) for b in sizes]
+    ys = [torch.randint(0, 4, (b,), generator=g).to(device) for b in sizes]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for x, y in zip(xs, ys):
+        loss, _ = train_step(staged, x, y, optimizer, scaler, criterion, device, precision)
+    loss.item()  # waits for the device, as the product's epoch does when it reads its running sums
+    return time.perf_counter() - start
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -456,10 +553,13 @@ def markdown(meta: dict, r: dict) -> str:
              "Generated by `benchmarks/perf.py`; do not edit by hand.", "",
              f"- Command: `{meta['command']}`",
              f"- Date: {meta['started']} to {meta['finished']}",
-             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; Python {m['python']}, "
-             f"torch {m['torch']}, torchvision {m['torchvision']}; load average at start {meta['load_at_start']}",
+             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m.get('gpu') or 'no GPU'}; "
+             f"Python {m['python']}, "
+             f"torch {m['torch']}, torchvision {m['torchvision']}, {m['torch_threads']} torch threads; "
+             f"load average at start {meta['load_at_start']}",
              f"- Medians over {meta['repeats']} repeats; the two sides of each ratio run alternately in the same "
-             "process run, on the same inputs.", "",
+             "process run, on the same inputs.",
+             *earlier_runs(meta, r), "",
              "| figure | measured | ratio | goal |", "|---|---|---:|---|"]
     if "ingest" in r:
         i = r["ingest"]
@@ -504,11 +604,44 @@ def markdown(meta: dict, r: dict) -> str:
                          f"{x['kfp_local_seconds']:.1f} vs {x['direct_seconds']:.1f} s", f"{x['ratio']:.2f}",
                          f"{verdict(x['ratio'], GOALS['pipeline'])}; {x['overhead_per_task_seconds']:.2f} s fixed "
                          f"per task ({x['tasks']} tasks): met from {x['direct_seconds_for_goal']:.0f} s of work"))
+    if "floor" in r:
+        x = r["floor"]
+        for path in ("device", "loader"):
+            rate = x["images_per_second"]
+            goal = (verdict(x["ratio"][path], GOALS["floor"]) if path == x["auto_data_path"]
+                    else "not the path `auto` takes here")
+            lines.append(row(f"fine-tuning epoch, product ({path} data path) / bare loop on synthetic device tensors "
+                             f"({x['train_images']} images, {x['image_size']} px, {x['arch']} {x['strategy']}, "
+                             f"{x['precision']}, {x['device']})",
+                             f"{rate[path]:.1f} vs {rate['bare']:.1f} images/s", f"{x['ratio'][path]:.2f}", goal))
     lines += ["", "## Settings", ""]
     for name, x in r.items():
         settings = {k: v for k, v in x.items() if not isinstance(v, (dict, list)) or k == "arguments"}
         lines.append(f"- {name}: `{json.dumps(settings)}`")
     return "\n".join(lines) + "\n"
+
+
+def earlier_runs(meta: dict, r: dict) -> list[str]:
+    """One line per earlier run whose figures this file keeps (``--only`` ran the others)."""
+    kept: dict[str, list[str]] = {}
+    for name, x in r.items():
+        run = x.get("run", {})
+        if run.get("started") != meta["started"]:
+            kept.setdefault(json.dumps(run, sort_keys=True), []).append(name)
+    return [f"- Kept from an earlier run ({', '.join(names)}): `{run['command']}`, {run['started']}, "
+            f"{run['torch_threads']} torch threads, medians over {run['repeats']} repeats, load average at start "
+            f"{run['load_at_start']}" for run, names in ((json.loads(k), v) for k, v in kept.items())]
+
+
+def with_earlier(path: Path, results: dict) -> dict:
+    """``results`` and, for the figures this run did not measure, those of the earlier ``path``, in figure order."""
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    earlier = {**{k: old[k] for k in ("command", "started", "load_at_start", "repeats")},
+               "torch_threads": old["machine"]["torch_threads"]}
+    merged = {**{name: {"run": earlier, **x} for name, x in old["results"].items()}, **results}
+    return {name: merged[name] for name in FIGURES if name in merged}
 
 
 def machine() -> dict:
@@ -517,7 +650,8 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
@@ -538,8 +672,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loader-batches", type=int, default=20)
     p.add_argument("--pipeline-images", type=int, default=400, help="synthetic images for the pipeline figure")
     p.add_argument("--pipeline-epochs", type=int, default=2)
+    p.add_argument("--floor-images", type=int, default=600, help="synthetic images for the floor figure")
+    p.add_argument("--floor-size", type=int, default=96, help="image side for the floor figure")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the figures measured in fresh processes too
     figures = {f.strip() for f in args.only.split(",") if f.strip()}
     if figures - set(FIGURES):
         p.error(f"--only: unknown {sorted(figures - set(FIGURES))}")
@@ -550,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-") as name:
         tmp = Path(name)
-        if figures - {"pipeline"}:
+        if figures - {"pipeline", "floor"}:
             out, dataset = ingest_and_loader(args, tmp, figures)
             results.update(out)
         if "profile" in figures:
@@ -561,12 +703,18 @@ def main(argv: list[str] | None = None) -> None:
             results["precision"] = precision_cost(args, dataset)
         if "pipeline" in figures:
             results["pipeline"] = pipeline_cost(args, tmp)
+        if "floor" in figures:
+            results["floor"] = floor_cost(args, tmp)
     finished = datetime.now(timezone.utc)
     command = [".venv/bin/python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)]
     meta = {"command": shlex.join(command),
             "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "repeats": args.repeats, "load_at_start": round(load, 2)}
+    for x in results.values():
+        x["run"] = {**{k: meta[k] for k in ("command", "started", "load_at_start", "repeats")},
+                    "torch_threads": meta["machine"]["torch_threads"]}
     args.results.mkdir(parents=True, exist_ok=True)
+    results = with_earlier(args.results / "perf.json", results)
     (args.results / "perf.json").write_text(
         json.dumps({"schema_version": 1, **meta, "results": results}, indent=2) + "\n")
     (args.results / "perf.md").write_text(markdown(meta, results))

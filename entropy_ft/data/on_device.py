@@ -42,10 +42,11 @@ from entropy_ft.data.loader import (
 from entropy_ft.data.resumable import EpochSampler
 
 DATA_PATHS = ("auto", "device", "loader")
-# The CPU's choice, measured on the 2-core AMD EPYC development machine: feeding the Kaggle training split
-# at 96 px (reading, resizing, augmenting, normalising; no model) took 0.55 ms an image on the device path
-# against 1.42 ms on the loader path (one torch thread, load average 4.5 from other work); whole epochs:
-# docs/finetune.md and benchmarks/perf.py's floor figure.
+# The CPU's choice, measured on the 2-core AMD EPYC development machine (one torch thread, load average
+# about 5 from other work): whole fine-tuning epochs (benchmarks/perf.py --only floor: resnet18, full, bf16,
+# 96 px) ran at 52.0 images/s on the device path and 49.3 on the loader path, the device path the faster in
+# each of 5 alternated rounds; the data alone (the Kaggle training split at 96 px, no model) took 0.55 ms an
+# image against 1.42 ms. See docs/finetune.md.
 CPU_DATA_PATH = "device"
 RESIDENT_FRACTION = 0.25  # of the free device memory: the rest is left to activations, gradients and optimizer state
 AUGMENT_DRAWS = 7  # uniforms per image: flip, angle, shift x, shift y, zoom, brightness, contrast
