@@ -170,17 +170,17 @@ def test_class_names_are_canonical_and_class_map_applies_first():
 def test_default_workers_respect_a_cgroup_cpu_limit(monkeypatch):
     import os
 
-    from entropy_ft.data import decode_pool
+    from entropy_ft import device
 
     cores = len(os.sched_getaffinity(0))
     files = {"/sys/fs/cgroup/cpu.max": "50000 100000"}  # a pod limited to half a CPU
-    monkeypatch.setattr(decode_pool, "_read", files.get)
-    assert decode_pool.default_workers() == 1
+    monkeypatch.setattr(device, "_read", files.get)
+    assert device.default_workers() == 1
     files["/sys/fs/cgroup/cpu.max"] = "max 100000"
-    assert decode_pool.default_workers() == cores
+    assert device.default_workers() == cores
     files.clear()
     files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "100000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})
-    assert decode_pool.default_workers() == 1
+    assert device.default_workers() == 1
 
 
 def test_decoding_streams_with_bounded_work_in_flight(tmp_path):

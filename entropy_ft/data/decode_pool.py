@@ -12,9 +12,7 @@ written, so one pass cannot both decide and write.)
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing
-import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -94,32 +92,6 @@ class Spill:
     def close(self) -> None:
         self._fh.close()
         self.path.unlink(missing_ok=True)
-
-
-def default_workers() -> int:
-    """The cores this process may use: CPU affinity, capped by a cgroup CPU quota (a Kubernetes
-    CPU limit), so that a pod limited to 2 CPUs on a 64-core node does not start 64 decoders."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    return max(1, min(cores, quota)) if quota else cores
-
-
-def _cgroup_cpu_quota() -> int | None:
-    v2 = _read("/sys/fs/cgroup/cpu.max")  # cgroup v2: "max 100000" (no limit) or "200000 100000" (2 CPUs)
-    if v2:
-        quota, period = (v2.split() + [""])[:2]
-    else:  # cgroup v1: a quota of -1 means no limit
-        quota, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-    if not quota or not period or quota in ("max", "-1"):
-        return None
-    return math.ceil(int(quota) / int(period))
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except (OSError, ValueError):
-        return None
 
 
 def work(batch: list[Read], settings: Settings) -> list[tuple[int, tuple]]:

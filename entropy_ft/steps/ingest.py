@@ -18,12 +18,13 @@ import numpy as np
 from entropy_ft import storage
 from entropy_ft.artifacts import DatasetManifest
 from entropy_ft.data import dedup, labels, patients, quarantine, splits, synthetic
-from entropy_ft.data.decode_pool import Decoded, DecodedFile, Failed, Read, Spill, decode_all, default_workers
+from entropy_ft.data.decode_pool import Decoded, DecodedFile, Failed, Read, Spill, decode_all
 from entropy_ft.data.dedup import DUPLICATE_POLICIES
 from entropy_ft.data.format import SPLITS, DatasetWriter, ImageRecord, load_manifest, read_split
 from entropy_ft.data.layouts import LABELS, LAYOUTS, Candidate, Layout, canonical_class, parse_class_map, resolve
 from entropy_ft.data.preprocess import DEFAULT_MAX_PIXELS, Settings, describe
 from entropy_ft.data.sources import Source, open_source
+from entropy_ft.device import default_workers
 from entropy_ft.errors import UserError
 from entropy_ft.logs import log, progress, progress_bar
 from entropy_ft.options import IMAGE_SIZE, Options, at_least, fraction, option

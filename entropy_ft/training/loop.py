@@ -39,11 +39,10 @@ import torch
 from torch import nn
 
 from entropy_ft import storage
-from entropy_ft.data.decode_pool import default_workers
 from entropy_ft.data.loader import LoaderConfig, to_model_input
 from entropy_ft.data.on_device import DATA_PATHS, eval_batches, resolve_data_path, train_batches
 from entropy_ft.data.resumable import epoch_seed, make_train_loader, train_noise
-from entropy_ft.device import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
+from entropy_ft.device import PRECISIONS, autocast, default_workers, grad_scaler, resolve_device, resolve_precision
 from entropy_ft.errors import UserError
 from entropy_ft.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from entropy_ft.evaluation.noise import predict
