@@ -657,7 +657,7 @@ def machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from entropy_ft.data.decode_pool import default_workers
+    from entropy_ft.device import default_workers
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
