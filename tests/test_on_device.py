@@ -13,7 +13,15 @@ from selection_factory import CLASSES, selection_doc
 
 from entropy_ft.data.format import read_split
 from entropy_ft.data.loader import LoaderConfig, make_loader
-from entropy_ft.data.on_device import AUGMENT_DRAWS, SplitBatches, augment_batch, eval_batches, train_batches
+from entropy_ft.data.on_device import (
+    AUGMENT_DRAWS,
+    RESIDENT_SPLITS,
+    SplitBatches,
+    augment_batch,
+    eval_batches,
+    resident_split,
+    train_batches,
+)
 from entropy_ft.data.resumable import make_train_loader
 from entropy_ft.model import factory as models
 from entropy_ft.training.checkpoint import load_checkpoint
@@ -47,6 +55,25 @@ def test_without_augmentation_the_device_path_gives_the_loader_pixels_in_the_loa
     split = eval_batches(synthetic_dataset, "test", cfg, CPU)
     assert isinstance(split, SplitBatches)
     _equal_batches(make_loader(synthetic_dataset, "test", cfg, train=False), split)
+
+
+def test_runs_in_one_process_share_one_upload_of_a_split_until_the_dataset_is_written_again(tmp_path):
+    """A benchmark grid fine-tunes and evaluates many models on one dataset: train, val and test go up once."""
+    from entropy_ft.steps import ingest
+
+    out = tmp_path / "ds"
+    ingest.run(ingest.Config(sources=("synthetic:48",), out=str(out), image_size=16, seed=0))
+    train, _ = train_batches(out, 8, 0, CPU)
+    assert train.split is train_batches(out, 8, 1, CPU)[0].split  # another run, another seed: the same upload
+    test = eval_batches(out, "test", LoaderConfig(batch_size=8), CPU)
+    assert test.split is eval_batches(out, "test", LoaderConfig(batch_size=4), CPU).split
+    assert test.split is not eval_batches(out, "test", LoaderConfig(batch_size=8, image_size=8), CPU).split
+    ingest.run(ingest.Config(sources=("synthetic:64",), out=str(out), image_size=16, seed=0))
+    again = resident_split(out, "train", None, CPU)
+    assert again[1] is not train.split and len(again[0]) > len(train.split)  # the new dataset, read afresh
+    for size in range(1, RESIDENT_SPLITS + 2):  # bounded: the oldest split is let go
+        resident_split(out, "val", size, CPU)
+    assert resident_split(out, "train", None, CPU)[1] is not again[1]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ make them.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,38 @@ class DeviceSplit:
         return batch if self.resident else batch.pin_memory().to(self.device, non_blocking=True)
 
 
+SplitKey = tuple[str, str, int | None, str, int]
+_RESIDENT: OrderedDict[SplitKey, tuple[ParquetImages, DeviceSplit]] = OrderedDict()
+RESIDENT_SPLITS = 3  # train, val and test of one dataset: what a run, or a grid of runs on one dataset, reads
+
+
+def _split_key(root: str | Path, split: str, image_size: int | None, device: torch.device) -> SplitKey:
+    """A split read at a size onto a device, as of the dataset's manifest (a re-ingest there is another key)."""
+    manifest = Path(root) / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
+    return str(Path(root).resolve()), split, image_size, str(device), stamp
+
+
+def resident_split(root: str | Path, split: str, image_size: int | None,
+                   device: torch.device) -> tuple[ParquetImages, DeviceSplit]:
+    """The split's rows and its :class:`DeviceSplit`, read and uploaded once per process: runs that follow
+    one another on the same dataset and device (fine-tuning, validation, evaluation, a benchmark's grid)
+    share one copy. The newest ``RESIDENT_SPLITS`` are kept; a split is read-only once uploaded."""
+    key = _split_key(root, split, image_size, device)
+    if key in _RESIDENT:
+        _RESIDENT.move_to_end(key)
+        return _RESIDENT[key]
+    images = ParquetImages(root, split, image_size=image_size)
+    return _remember(key, images, DeviceSplit(images, device))
+
+
+def _remember(key: SplitKey, images: ParquetImages, split: DeviceSplit) -> tuple[ParquetImages, DeviceSplit]:
+    _RESIDENT[key] = (images, split)
+    while len(_RESIDENT) > RESIDENT_SPLITS:
+        _RESIDENT.popitem(last=False)
+    return images, split
+
+
 class TrainBatches:
     """The training split's batches on the device, in :class:`EpochSampler` order: float B x 3 x H x W on
     [0, 1] when augmented (:func:`augment_batch`), else uint8, with labels on the device.
@@ -162,8 +195,7 @@ def train_batches(root: str | Path, batch_size: int, seed: int, device: torch.de
                   augment: bool = True) -> tuple[TrainBatches, EpochSampler]:
     """The device path's training batches and their sampler, shaped like
     :func:`entropy_ft.data.resumable.make_train_loader`'s pair."""
-    batches = TrainBatches(DeviceSplit(ParquetImages(root, "train", image_size=image_size), device), batch_size,
-                           seed, augment)
+    batches = TrainBatches(resident_split(root, "train", image_size, device)[1], batch_size, seed, augment)
     return batches, batches.sampler
 
 
@@ -172,10 +204,10 @@ class SplitBatches:
     :func:`entropy_ft.evaluation.noise.predict` reads from an unshuffled DataLoader, without per-image work.
     ``dataset`` is the split read, as a DataLoader's is."""
 
-    def __init__(self, images: ParquetImages, batch_size: int, device: torch.device) -> None:
+    def __init__(self, images: ParquetImages, split: DeviceSplit, batch_size: int) -> None:
         self.dataset = images
         self.batch_size = batch_size
-        self.split = DeviceSplit(images, device)
+        self.split = split
         self.labels = torch.from_numpy(images.labels)
 
     def __len__(self) -> int:
@@ -189,7 +221,10 @@ class SplitBatches:
 def eval_batches(root: str | Path, split: str, cfg: LoaderConfig, device: torch.device):
     """One split in order for prediction: resident on ``device`` where it :func:`fits` (on the CPU always),
     else the DataLoader with ``cfg.num_workers`` workers. Either gives the same pixels in the same order."""
+    key = _split_key(root, split, cfg.image_size, device)
+    if key in _RESIDENT:
+        return SplitBatches(*resident_split(root, split, cfg.image_size, device), cfg.batch_size)
     images = ParquetImages(root, split, image_size=cfg.image_size)
     if fits(images.plane_shape(), device):
-        return SplitBatches(images, cfg.batch_size, device)
+        return SplitBatches(*_remember(key, images, DeviceSplit(images, device)), cfg.batch_size)
     return data_loader(images, cfg, shuffle=False)
