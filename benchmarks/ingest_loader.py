@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from entropy_ft.device import default_workers
 from entropy_ft.data.format import load_manifest
 from entropy_ft.data.loader import LoaderConfig, make_loader, train_augmentation
+from entropy_ft.device import default_workers
 from entropy_ft.steps import ingest
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri-kaggle.zip"
