@@ -19,7 +19,10 @@ Figures (medians over ``--repeats``, the two sides of a ratio measured alternate
    the default (NCHW) layout.
 6. ``pipeline``: ``entropy-ft run`` through kfp.local against the same library steps called
    directly in one process, on the same small synthetic data (goal <= 1.15).
-7. ``floor``: the product's fine-tuning images/s (``training.loop.train``, one whole epoch as its
+7. ``ablation``: ``entropy-ft run --pipeline ablation`` through kfp.local on the real archive
+   (64 px, 2 epochs, the four strategies) against the sum of the same steps run alone, one after
+   another, each in this process (goal <= 1.15): branches that fight over the cores show here.
+8. ``floor``: the product's fine-tuning images/s (``training.loop.train``, one whole epoch as its
    history times it: batches read, augmented, trained, bookkept) against a bare loop over
    synthetic tensors already on the device (same arch, size, batch, precision and trainable
    layers, no data pipeline), for each ``--data-path`` (goal >= 0.85 for the one ``auto`` takes).
@@ -51,14 +54,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py, stand_in_weights.py beside this file
+import stand_in_weights  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
                                       ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
-FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline", "floor")
+FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline", "ablation", "floor")
 GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15),
-         "floor": (">=", 0.85)}
+         "ablation": ("<=", 1.15), "floor": (">=", 0.85)}
+ABLATION_STRATEGIES = ("entropy", "full", "head", "random")
 
 
 def log(message: str) -> None:
@@ -446,6 +451,67 @@ def pipeline_cost(args, tmp: Path) -> dict:
             "overhead_per_task_seconds": overhead / tasks, "direct_seconds_for_goal": overhead / (goal - 1)}
 
 
+def direct_ablation(spec: dict) -> dict:
+    """The ablation pipeline's steps run alone, one after another, as its components call them:
+    seconds per step."""
+    os.environ["ENTROPY_FT_HOME"] = spec["root"]
+    os.environ["ENTROPY_FT_NO_PROGRESS"] = "1"
+    from entropy_ft.steps import compare, evaluate, finetune, ingest, profile, select
+
+    root, a = Path(spec["root"]), spec["arguments"]
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        started = time.perf_counter()
+        fn()
+        seconds[name] = time.perf_counter() - started
+
+    data = str(root / "dataset")
+    timed("ingest", lambda: ingest.run(ingest.Config(sources=(a["data"],), out=data, image_size=a["image_size"],
+                                                     seed=a["seed"])))
+    timed("profile", lambda: profile.run(profile.Config(dataset=data, arch=a["arch"], weights=a["weights"],
+                                                        out=str(root / "profile"), images=a["profile_images"],
+                                                        seed=a["seed"])))
+    for strategy in a["strategies"]:
+        sel, model, ev = (str(root / f"{step}-{strategy}") for step in ("selection", "model", "eval"))
+        timed(f"select {strategy}", lambda: select.run(select.Config(
+            profile=str(root / "profile"), strategy=strategy, out=sel, seed=a["seed"])))
+        timed(f"finetune {strategy}", lambda: finetune.run(finetune.Config(
+            dataset=data, selection=str(Path(sel) / "selection.json"), out=model, epochs=a["epochs"],
+            seed=a["seed"])))
+        timed(f"evaluate {strategy}", lambda: evaluate.run(evaluate.Config(model=model, dataset=data, out=ev,
+                                                                           seed=a["seed"])))
+    timed("compare", lambda: compare.run(compare.Config(
+        evaluations=tuple(str(root / f"eval-{s}") for s in a["strategies"]), out=str(root / "compare"))))
+    return {"seconds": seconds}
+
+
+def ablation_cost(args, tmp: Path) -> dict:
+    """The local ablation's wall time against its steps run alone, one after another: kfp.local
+    runs the branches one at a time (ParallelFor parallelism 1), so only its fixed per-task cost
+    should separate the two."""
+    arguments = {"data": str(args.archive), "image_size": 64, "arch": args.arch, "weights": args.weights,
+                 "profile_images": 128, "strategies": list(ABLATION_STRATEGIES), "seed": 0, "epochs": 2}
+    flags = ["--pipeline", "ablation", "--data", arguments["data"], "--image-size", "64", "--arch", args.arch,
+             "--weights", args.weights, "--profile-images", "128", "--strategies", ",".join(ABLATION_STRATEGIES),
+             "--seed", "0", "--epochs", "2", "--no-cache"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ENTROPY_FT_HOME")}
+    env["ENTROPY_FT_NO_PROGRESS"] = "1"
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "entropy_ft.cli", "run", "--root", str(tmp / "ablation-kfp"),
+                           *flags], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"entropy-ft run --pipeline ablation failed:\n{proc.stderr[-3000:]}")
+    kfp = time.perf_counter() - started
+    log(f"ablation: kfp.local {kfp:.1f} s; now its steps alone")
+    steps = in_fresh_process(direct_ablation, {"root": str(tmp / "ablation-direct"), "arguments": arguments})
+    alone = sum(steps["seconds"].values())
+    log(f"ablation: steps alone {alone:.1f} s ({json.dumps({k: round(v, 1) for k, v in steps['seconds'].items()})})")
+    return {"arguments": arguments, "command": shlex.join(["entropy-ft", "run", "--root", "ROOT", *flags]),
+            "kfp_local_seconds": kfp, "steps_alone_seconds": alone, "ratio": kfp / alone,
+            "steps": steps["seconds"], "load_before": round(os.getloadavg()[0], 2)}
+
+
 # ---------------------------------------------------------------- 7: the bare-loop floor
 
 
@@ -604,6 +670,13 @@ def markdown(meta: dict, r: dict) -> str:
                          f"{x['kfp_local_seconds']:.1f} vs {x['direct_seconds']:.1f} s", f"{x['ratio']:.2f}",
                          f"{verdict(x['ratio'], GOALS['pipeline'])}; {x['overhead_per_task_seconds']:.2f} s fixed "
                          f"per task ({x['tasks']} tasks): met from {x['direct_seconds_for_goal']:.0f} s of work"))
+    if "ablation" in r:
+        x = r["ablation"]
+        lines.append(row(f"`entropy-ft run --pipeline ablation` via kfp.local / its {len(x['steps'])} steps run alone, "
+                         f"one after another ({x['arguments']['image_size']} px, {x['arguments']['epochs']} epochs, "
+                         f"{', '.join(x['arguments']['strategies'])})",
+                         f"{x['kfp_local_seconds']:.0f} vs {x['steps_alone_seconds']:.0f} s", f"{x['ratio']:.2f}",
+                         verdict(x["ratio"], GOALS["ablation"])))
     if "floor" in r:
         x = r["floor"]
         for path in ("device", "loader"):
@@ -685,14 +758,14 @@ def main(argv: list[str] | None = None) -> None:
     figures = {f.strip() for f in args.only.split(",") if f.strip()}
     if figures - set(FIGURES):
         p.error(f"--only: unknown {sorted(figures - set(FIGURES))}")
-    args.weights = str(args.weights_dir / f"{args.arch}-imagenette.pt")
+    args.weights = str(stand_in_weights.find(args.weights_dir, args.arch))
     os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
     started = datetime.now(timezone.utc)
     load = os.getloadavg()[0]
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-") as name:
         tmp = Path(name)
-        if figures - {"pipeline", "floor"}:
+        if figures - {"pipeline", "ablation", "floor"}:
             out, dataset = ingest_and_loader(args, tmp, figures)
             results.update(out)
         if "profile" in figures:
@@ -703,6 +776,8 @@ def main(argv: list[str] | None = None) -> None:
             results["precision"] = precision_cost(args, dataset)
         if "pipeline" in figures:
             results["pipeline"] = pipeline_cost(args, tmp)
+        if "ablation" in figures:
+            results["ablation"] = ablation_cost(args, tmp)
         if "floor" in figures:
             results["floor"] = floor_cost(args, tmp)
     finished = datetime.now(timezone.utc)
