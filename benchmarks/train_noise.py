@@ -151,12 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_at_start = round(os.getloadavg()[0], 2)
+    code = code_version()  # what this process imported, not what the checkout holds when it ends
     rows = [row for seed in args.seeds for row in run_seed(args, seed)]
     settings = {"archive": args.archive.name, "arch": args.arch, "weights": f"{args.arch}-imagenette.pt",
                 "image_size": args.image_size, "epochs": args.epochs, "seeds": args.seeds,
                 "selection": "entropy below-mean", "test_images": rows[0]["test_images"],
                 "true_notumor": rows[0]["true_notumor"], "started": started,
-                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "code": code_version(),
+                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "code": code,
                 "cpus": os.cpu_count(),
                 "load_average_1min_at_start": load_at_start, "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
     summary = summarize(rows, args.configs, args.seeds)
