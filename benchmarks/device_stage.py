@@ -11,7 +11,7 @@ inputs per call (the checkout's tracked files included). Into one ignored folder
 
 - ``wheels/``: what ingestion needs and that machine lacks (ImageHash and PyWavelets for the
   duplicate check, pydicom because ingestion reads DICOM too), the versions installed here, for
-  CPython 3.12 on manylinux x86-64;
+  CPython 3.12 (``--python-version``) on manylinux x86-64;
 - ``weights/<arch>-imagenette.safetensors``: the stand-in weights in bf16, half the bytes of the
   fp32 originals (the library loads them into fp32 parameters);
 - the Kaggle zip (about 50 MiB), unless ``--no-data``: ``device_check.sh`` ingests it there once into
@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-data", dest="data", action="store_false",
                    help="leave the archive out: the machine already holds the ingested dataset from an earlier call")
     p.add_argument("--out", type=Path, default=ROOT / ".device")
+    p.add_argument("--python-version", default="3.12",
+                   help="the Python the wheels are for: the GPU machine's (3.12), or this one's for a CPU proof")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     if args.data and not args.archive.is_file():
@@ -62,11 +64,11 @@ def tracked_bytes() -> int:
     return sum((ROOT / n).stat().st_size for n in names.decode().split("\0") if n and (ROOT / n).is_file())
 
 
-def download_wheels(out: Path) -> None:
+def download_wheels(out: Path, python_version: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in WHEELS]
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           "3.12", "--implementation", "cp", *(f"--platform={p}" for p in PLATFORMS), "-d", str(out), *pins]
+           python_version, "--implementation", "cp", *(f"--platform={p}" for p in PLATFORMS), "-d", str(out), *pins]
     subprocess.run(cmd, check=True)
 
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)
-    download_wheels(args.out / "wheels")
+    download_wheels(args.out / "wheels", args.python_version)
     for arch in args.archs:
         source = args.weights_dir / f"{arch}-imagenette.pt"
         if not source.is_file():
