@@ -509,6 +509,7 @@ def ablation_cost(args, tmp: Path) -> dict:
     log(f"ablation: steps alone {alone:.1f} s ({json.dumps({k: round(v, 1) for k, v in steps['seconds'].items()})})")
     return {"arguments": arguments, "command": shlex.join(["entropy-ft", "run", "--root", "ROOT", *flags]),
             "kfp_local_seconds": kfp, "steps_alone_seconds": alone, "ratio": kfp / alone,
+            "overhead_per_task_seconds": (kfp - alone) / len(steps["seconds"]),
             "steps": steps["seconds"], "load_before": round(os.getloadavg()[0], 2)}
 
 
@@ -676,7 +677,8 @@ def markdown(meta: dict, r: dict) -> str:
                          f"one after another ({x['arguments']['image_size']} px, {x['arguments']['epochs']} epochs, "
                          f"{', '.join(x['arguments']['strategies'])})",
                          f"{x['kfp_local_seconds']:.0f} vs {x['steps_alone_seconds']:.0f} s", f"{x['ratio']:.2f}",
-                         verdict(x["ratio"], GOALS["ablation"])))
+                         f"{verdict(x['ratio'], GOALS['ablation'])}; {x['overhead_per_task_seconds']:.1f} s "
+                         "more per task"))
     if "floor" in r:
         x = r["floor"]
         for path in ("device", "loader"):
