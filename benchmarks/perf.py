@@ -497,6 +497,7 @@ def ablation_cost(args, tmp: Path) -> dict:
              "--seed", "0", "--epochs", "2", "--no-cache"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ENTROPY_FT_HOME")}
     env["ENTROPY_FT_NO_PROGRESS"] = "1"
+    load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "entropy_ft.cli", "run", "--root", str(tmp / "ablation-kfp"),
                            *flags], env=env, capture_output=True, text=True)
@@ -510,7 +511,7 @@ def ablation_cost(args, tmp: Path) -> dict:
     return {"arguments": arguments, "command": shlex.join(["entropy-ft", "run", "--root", "ROOT", *flags]),
             "kfp_local_seconds": kfp, "steps_alone_seconds": alone, "ratio": kfp / alone,
             "overhead_per_task_seconds": (kfp - alone) / len(steps["seconds"]),
-            "steps": steps["seconds"], "load_before": round(os.getloadavg()[0], 2)}
+            "steps": steps["seconds"], "load_before": load_before, "load_after": round(os.getloadavg()[0], 2)}
 
 
 # ---------------------------------------------------------------- 7: the bare-loop floor
