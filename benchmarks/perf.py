@@ -320,10 +320,20 @@ class RssPeak:
 
 
 def in_fresh_process(fn: Callable[[dict], dict], spec: dict) -> dict:
-    """Run ``fn(spec)`` in a new interpreter, so no allocation of an earlier measurement lingers."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(fn, (spec,))
+    """Run ``fn(spec)`` in a new interpreter, so no allocation of an earlier measurement lingers. A plain
+    (non-daemonic) process, so that ``fn`` may start its own workers (ingestion's decode pool)."""
+    with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-result-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = multiprocessing.get_context("spawn").Process(target=_write_result, args=(fn, spec, str(out)))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"{fn.__name__} failed in its own process (exit {proc.exitcode})")
+        return json.loads(out.read_text())
+
+
+def _write_result(fn: Callable[[dict], dict], spec: dict, out: str) -> None:
+    Path(out).write_text(json.dumps(fn(spec)))
 
 
 def training_memory(run: dict) -> float:
