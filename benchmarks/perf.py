@@ -21,7 +21,8 @@ Figures (medians over ``--repeats``, the two sides of a ratio measured alternate
    directly in one process, on the same small synthetic data (goal <= 1.15).
 7. ``ablation``: ``entropy-ft run --pipeline ablation`` through kfp.local on the real archive
    (64 px, 2 epochs, the four strategies) against the sum of the same steps run alone, one after
-   another, each in this process (goal <= 1.15): branches that fight over the cores show here.
+   another, each in a fresh process as a task runs it (goal <= 1.15): branches that fight over the
+   cores show here.
 8. ``floor``: the product's fine-tuning images/s (``training.loop.train``, one whole epoch as its
    history times it: batches read, augmented, trained, bookkept) against a bare loop over
    synthetic tensors already on the device (same arch, size, batch, precision and trainable
@@ -461,39 +462,30 @@ def pipeline_cost(args, tmp: Path) -> dict:
             "overhead_per_task_seconds": overhead / tasks, "direct_seconds_for_goal": overhead / (goal - 1)}
 
 
-def direct_ablation(spec: dict) -> dict:
-    """The ablation pipeline's steps run alone, one after another, as its components call them:
-    seconds per step."""
+def ablation_step(spec: dict) -> dict:
+    """One step of the ablation pipeline, called as its component calls it; only that step's module is
+    imported, as in a task's process."""
+    import importlib
+
     os.environ["ENTROPY_FT_HOME"] = spec["root"]
     os.environ["ENTROPY_FT_NO_PROGRESS"] = "1"
-    from entropy_ft.steps import compare, evaluate, finetune, ingest, profile, select
-
-    root, a = Path(spec["root"]), spec["arguments"]
-    seconds: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[[], object]) -> None:
-        started = time.perf_counter()
-        fn()
-        seconds[name] = time.perf_counter() - started
-
+    step = importlib.import_module(f"entropy_ft.steps.{spec['step']}")
+    root, a, strategy = Path(spec["root"]), spec["arguments"], spec.get("strategy")
     data = str(root / "dataset")
-    timed("ingest", lambda: ingest.run(ingest.Config(sources=(a["data"],), out=data, image_size=a["image_size"],
-                                                     seed=a["seed"])))
-    timed("profile", lambda: profile.run(profile.Config(dataset=data, arch=a["arch"], weights=a["weights"],
-                                                        out=str(root / "profile"), images=a["profile_images"],
-                                                        seed=a["seed"])))
-    for strategy in a["strategies"]:
-        sel, model, ev = (str(root / f"{step}-{strategy}") for step in ("selection", "model", "eval"))
-        timed(f"select {strategy}", lambda: select.run(select.Config(
-            profile=str(root / "profile"), strategy=strategy, out=sel, seed=a["seed"])))
-        timed(f"finetune {strategy}", lambda: finetune.run(finetune.Config(
-            dataset=data, selection=str(Path(sel) / "selection.json"), out=model, epochs=a["epochs"],
-            seed=a["seed"])))
-        timed(f"evaluate {strategy}", lambda: evaluate.run(evaluate.Config(model=model, dataset=data, out=ev,
-                                                                           seed=a["seed"])))
-    timed("compare", lambda: compare.run(compare.Config(
-        evaluations=tuple(str(root / f"eval-{s}") for s in a["strategies"]), out=str(root / "compare"))))
-    return {"seconds": seconds}
+    sel, model, ev = (str(root / f"{name}-{strategy}") for name in ("selection", "model", "eval"))
+    config = {
+        "ingest": lambda: {"sources": (a["data"],), "out": data, "image_size": a["image_size"], "seed": a["seed"]},
+        "profile": lambda: {"dataset": data, "arch": a["arch"], "weights": a["weights"], "out": str(root / "profile"),
+                            "images": a["profile_images"], "seed": a["seed"]},
+        "select": lambda: {"profile": str(root / "profile"), "strategy": strategy, "out": sel, "seed": a["seed"]},
+        "finetune": lambda: {"dataset": data, "selection": str(Path(sel) / "selection.json"), "out": model,
+                             "epochs": a["epochs"], "seed": a["seed"]},
+        "evaluate": lambda: {"model": model, "dataset": data, "out": ev, "seed": a["seed"]},
+        "compare": lambda: {"evaluations": tuple(str(root / f"eval-{s}") for s in a["strategies"]),
+                            "out": str(root / "compare")},
+    }[spec["step"]]()
+    step.run(step.Config(**config))
+    return {}
 
 
 def ablation_cost(args, tmp: Path) -> dict:
@@ -515,13 +507,20 @@ def ablation_cost(args, tmp: Path) -> dict:
         raise SystemExit(f"entropy-ft run --pipeline ablation failed:\n{proc.stderr[-3000:]}")
     kfp = time.perf_counter() - started
     log(f"ablation: kfp.local {kfp:.1f} s; now its steps alone")
-    steps = in_fresh_process(direct_ablation, {"root": str(tmp / "ablation-direct"), "arguments": arguments})
-    alone = sum(steps["seconds"].values())
-    log(f"ablation: steps alone {alone:.1f} s ({json.dumps({k: round(v, 1) for k, v in steps['seconds'].items()})})")
+    # each step alone in its own fresh process, as a task or an `entropy-ft <step>` command runs it
+    seconds: dict[str, float] = {}
+    branches = [(step, s) for s in ABLATION_STRATEGIES for step in ("select", "finetune", "evaluate")]
+    for step, strategy in [("ingest", None), ("profile", None), *branches, ("compare", None)]:
+        started = time.perf_counter()
+        in_fresh_process(ablation_step, {"root": str(tmp / "ablation-direct"), "arguments": arguments, "step": step,
+                                         "strategy": strategy})
+        seconds[step + (f" {strategy}" if strategy else "")] = time.perf_counter() - started
+    alone = sum(seconds.values())
+    log(f"ablation: steps alone {alone:.1f} s ({json.dumps({k: round(v, 1) for k, v in seconds.items()})})")
     return {"arguments": arguments, "command": shlex.join(["entropy-ft", "run", "--root", "ROOT", *flags]),
             "kfp_local_seconds": kfp, "steps_alone_seconds": alone, "ratio": kfp / alone,
-            "overhead_per_task_seconds": (kfp - alone) / len(steps["seconds"]),
-            "steps": steps["seconds"], "load_before": load_before, "load_after": round(os.getloadavg()[0], 2)}
+            "overhead_per_task_seconds": (kfp - alone) / len(seconds),
+            "steps": seconds, "load_before": load_before, "load_after": round(os.getloadavg()[0], 2)}
 
 
 # ---------------------------------------------------------------- 7: the bare-loop floor
