@@ -142,11 +142,18 @@ def resident_split(root: str | Path, split: str, image_size: int | None,
     one another on the same dataset and device (fine-tuning, validation, evaluation, a benchmark's grid)
     share one copy. The newest ``RESIDENT_SPLITS`` are kept; a split is read-only once uploaded."""
     key = _split_key(root, split, image_size, device)
-    if key in _RESIDENT:
-        _RESIDENT.move_to_end(key)
-        return _RESIDENT[key]
+    if cached := _cached(key):
+        return cached
     images = ParquetImages(root, split, image_size=image_size)
     return _remember(key, images, DeviceSplit(images, device))
+
+
+def _cached(key: SplitKey) -> tuple[ParquetImages, DeviceSplit] | None:
+    """The kept split for ``key``, now the newest, or None."""
+    if key not in _RESIDENT:
+        return None
+    _RESIDENT.move_to_end(key)
+    return _RESIDENT[key]
 
 
 def _remember(key: SplitKey, images: ParquetImages, split: DeviceSplit) -> tuple[ParquetImages, DeviceSplit]:
@@ -222,8 +229,8 @@ def eval_batches(root: str | Path, split: str, cfg: LoaderConfig, device: torch.
     """One split in order for prediction: resident on ``device`` where it :func:`fits` (on the CPU always),
     else the DataLoader with ``cfg.num_workers`` workers. Either gives the same pixels in the same order."""
     key = _split_key(root, split, cfg.image_size, device)
-    if key in _RESIDENT:
-        return SplitBatches(*resident_split(root, split, cfg.image_size, device), cfg.batch_size)
+    if cached := _cached(key):
+        return SplitBatches(*cached, cfg.batch_size)
     images = ParquetImages(root, split, image_size=cfg.image_size)
     if fits(images.plane_shape(), device):
         return SplitBatches(*_remember(key, images, DeviceSplit(images, device)), cfg.batch_size)
