@@ -24,8 +24,10 @@ fitted on the val split).
 
 ``--train-noise SIGMA_MAX[:P]`` fine-tunes every run with ``finetune --train-noise SIGMA_MAX
 --train-noise-p P`` (P default 0.5) and names the results apart (``paper-train-noise``), so
-the grid with and without training noise can sit side by side. Without it the runs train with no
-noise (``--train-noise 0``), as the committed tables before the library's default turned it on.
+the grid with and without training noise can sit side by side. Without it, ``--cpu`` trains with
+the library's default noise (what a user of ``entropy-ft run`` gets), and the other presets with
+none (``--train-noise 0``): the paper's recipe, and the committed tables before the default turned
+it on.
 
 Selection stability: the entropy selection comes from one sample of profiling images, so per
 architecture the profile is repeated with every seed's sample (``profile --seed s``, no
@@ -86,11 +88,12 @@ TRAINING_SPLITS = ("train", "val")  # both come from the archive's Training/ fol
 # runs before their maximum epochs
 PRESETS = {
     None: {"image_size": 128, "epochs": 3, "archs": "resnet18", "budgets": "", "budget_seeds": 1,
-           "in_process": False, "name": "paper"},
+           "in_process": False, "library_train_noise": False, "name": "paper"},
     "cpu": {"image_size": 128, "epochs": 12, "archs": "resnet18", "budgets": "0.1,0.25,0.5,0.75,0.9",
-            "budget_seeds": 1, "in_process": False, "name": "paper-cpu"},
+            "budget_seeds": 1, "in_process": False, "library_train_noise": True, "name": "paper-cpu"},
     "paper": {"image_size": 224, "epochs": 30, "archs": "resnet18,resnet34,squeezenet1_1",
-              "budgets": "0.1,0.25,0.5,0.75,0.9", "budget_seeds": 1, "in_process": True, "name": "paper-gpu"},
+              "budgets": "0.1,0.25,0.5,0.75,0.9", "budget_seeds": 1, "in_process": True,
+              "library_train_noise": False, "name": "paper-gpu"},
 }
 
 
@@ -137,15 +140,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fine-tune every run with Gaussian pixel noise: sigma ~ U(0, SIGMA_MAX) on a share P "
                         "(default 0.5) of the training images (finetune --train-noise/--train-noise-p)")
     p.add_argument("--name", default=None,
-                   help="results file stem (default: paper, or paper-gpu with --paper; -train-noise appended "
-                        "with --train-noise)")
+                   help="results file stem (default: the preset's, -train-noise or -no-train-noise appended when "
+                        "--train-noise departs from it)")
     args = p.parse_args(argv)
-    args.train_noise, args.train_noise_p = parse_train_noise(p, args.train_noise)
     defaults = PRESETS[args.preset]
+    named_noise = args.train_noise is not None
+    if not named_noise and defaults["library_train_noise"]:
+        args.train_noise = f"{_train_default('train_noise')}:{_train_default('train_noise_p')}"
+    args.train_noise, args.train_noise_p = parse_train_noise(p, args.train_noise)
     for key in ("image_size", "epochs", "archs", "budgets", "budget_seeds", "in_process"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
-    args.name = args.name or (defaults["name"] + ("-train-noise" if args.train_noise else ""))
+    if not args.name:  # a named noise that departs from the preset's gets its own results
+        departs = named_noise and bool(args.train_noise) != defaults["library_train_noise"]
+        args.name = defaults["name"] + (("-train-noise" if args.train_noise else "-no-train-noise") if departs else "")
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     try:
         args.budgets = sorted({float(f) for f in args.budgets.split(",") if f.strip()})
@@ -163,18 +171,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1 or args.budget_seeds < 1:
         p.error("--seeds and --budget-seeds: at least 1")
     if args.patience is None:
-        from entropy_ft.training.loop import TrainConfig
-
-        args.patience = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "patience")
+        args.patience = _train_default("patience")
     if args.patience < 1:
         p.error("--patience: at least 1")
     return args
 
 
+def _train_default(name: str):
+    """The library's default for one fine-tuning option, so a preset that follows it cannot drift."""
+    from entropy_ft.training.loop import TrainConfig
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def _preset_help(name: str) -> str:
     d = PRESETS[name]
-    return (f"{d['image_size']} px, up to {d['epochs']} epochs, {d['archs']}, budget sweep {d['budgets']} "
-            f"({d['budget_seeds']} seed), results {d['name']}.md")
+    noise = "the library's default training noise" if d["library_train_noise"] else "no training noise"
+    return (f"{d['image_size']} px, up to {d['epochs']} epochs, {d['archs']}, {noise}, budget sweep "
+            f"{d['budgets']} ({d['budget_seeds']} seed), results {d['name']}.md")
 
 
 def parse_train_noise(p: argparse.ArgumentParser, text: str | None) -> tuple[float, float]:
