@@ -334,6 +334,8 @@ def fine_tune_and_score(spec: dict) -> None:
                                             "rescored": True})
         return
     selection = Selection.read(spec["selection"])
+    # an epoch resumed mid-way was timed over part of its batches; the whole epochs say what one costs
+    timed = [h for h in history if not h.get("resumed_at_batch")] or history
     result = {
         "arch": spec["arch"], "strategy": spec["strategy"], "seed": spec["seed"], "rule": selection.rule,
         "budget": spec.get("budget"), "train_noise": spec.get("train_noise", 0.0),
@@ -343,8 +345,8 @@ def fine_tune_and_score(spec: dict) -> None:
         "full_params": selection.full_params, "reduction_vs_full": selection.reduction_vs_full,
         "epochs_run": len(history), "stopped_early": summary.get("stopped_early"),
         "epoch_seconds": [h["seconds"] for h in history],
-        "seconds_per_epoch": statistics.mean(h["seconds"] for h in history),
-        "train_images_per_second": statistics.mean(h["images_per_second"] for h in history),
+        "seconds_per_epoch": statistics.mean(h["seconds"] for h in timed),
+        "train_images_per_second": statistics.mean(h["images_per_second"] for h in timed),
         "best_val_macro_f1": summary["best_val_macro_f1"], "device": summary["device"],
         "precision": summary["precision"], "peak_memory_mb": train_peak,
         "peak_memory_kind": "CUDA max_memory_allocated of the run" if device.type == "cuda" else (
