@@ -61,7 +61,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -73,6 +72,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fresh_process
 import numpy as np
 import stand_in_weights
 
@@ -366,12 +366,11 @@ def _peak_memory_mb(device) -> float:
 
 
 def run_isolated(spec: dict) -> None:
-    """One run in a fresh interpreter: its peak RSS is its own, and a crash cannot take the benchmark down."""
-    proc = multiprocessing.get_context("spawn").Process(target=fine_tune_and_score, args=(spec,))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise SystemExit(f"run {spec['arch']} {spec['strategy']} seed {spec['seed']} failed (exit {proc.exitcode})")
+    """One run in a fresh interpreter: its peak RSS is its own, a crash cannot take the benchmark down, and
+    killing the benchmark stops the run too."""
+    exitcode = fresh_process.run(fine_tune_and_score, spec)
+    if exitcode != 0:
+        raise SystemExit(f"run {spec['arch']} {spec['strategy']} seed {spec['seed']} failed (exit {exitcode})")
 
 
 def has_new_metrics(result: dict) -> bool:

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import gc
 import json
-import multiprocessing
 import os
 import platform
 import shlex
@@ -56,6 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py, stand_in_weights.py beside this file
+import fresh_process  # noqa: E402
 import stand_in_weights  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
@@ -325,11 +325,9 @@ def in_fresh_process(fn: Callable[[dict], dict], spec: dict) -> dict:
     (non-daemonic) process, so that ``fn`` may start its own workers (ingestion's decode pool)."""
     with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-result-") as tmp:
         out = Path(tmp) / "result.json"
-        proc = multiprocessing.get_context("spawn").Process(target=_write_result, args=(fn, spec, str(out)))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0:
-            raise SystemExit(f"{fn.__name__} failed in its own process (exit {proc.exitcode})")
+        exitcode = fresh_process.run(_write_result, fn, spec, str(out))
+        if exitcode != 0:
+            raise SystemExit(f"{fn.__name__} failed in its own process (exit {exitcode})")
         return json.loads(out.read_text())
 
 
