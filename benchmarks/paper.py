@@ -62,9 +62,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -74,6 +72,7 @@ from pathlib import Path
 
 import fresh_process
 import numpy as np
+import provenance
 import stand_in_weights
 
 from entropy_ft.selection.rules import STRATEGIES
@@ -578,21 +577,6 @@ def fmt(ms: tuple[float, float | None] | None, scale: float = 1.0, digits: int =
     return f"{mean * scale:{spec}}" + (f" ± {std * scale:{spec}}" if std is not None else "")
 
 
-def machine() -> dict:
-    import torch
-    import torchvision
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "platform": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]:
     from matplotlib.figure import Figure
 
@@ -697,7 +681,7 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
         + ("" if meta["runs_done"] == meta["runs_planned"] else
            " (the rest run when the same command is invoked again; this file is rewritten after every run)"),
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['memory_gib']} GiB"
-        + (f", GPU {meta['machine']['gpu']}" if "gpu" in meta["machine"] else ", no GPU")
+        + (f", GPU {meta['machine']['gpu']}" if meta["machine"].get("gpu") else ", no GPU")
         + f"; Python {meta['machine']['python']}, torch {meta['machine']['torch']}, "
         f"torchvision {meta['machine']['torchvision']}"
         + f"; 1-minute load average {meta['load_at_start']} at start, {meta['load_at_end']} at end",
@@ -777,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"test set: {leak['removed']} of {leak['test_images']} images duplicate a train/val image")
     stability = {arch: selection_stability(args, arch, dataset, work_dirs[arch]) for arch in args.archs}
     jobs = job_list(args)
-    command = shlex.join([".venv/bin/python", "benchmarks/paper.py", *(sys.argv[1:] if argv is None else argv)])
+    command = provenance.command("benchmarks/paper.py", sys.argv[1:] if argv is None else argv)
     args.results.mkdir(parents=True, exist_ok=True)
 
     def report(results: list[dict]) -> None:
@@ -788,7 +772,8 @@ def main(argv: list[str] | None = None) -> None:
         meta = {
             "command": command, "started": started.strftime("%Y-%m-%d %H:%M UTC"),
             "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
-            "wall_minutes": (finished - started).total_seconds() / 60, "machine": machine(), "settings": conf,
+            "wall_minutes": (finished - started).total_seconds() / 60, "machine": provenance.machine(),
+            "settings": conf,
             "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2),
             "device": results[0]["device"], "precision": results[0]["precision"],
             "peak_memory_kind": results[0]["peak_memory_kind"], "runs_done": len(results), "runs_planned": len(jobs),

@@ -41,7 +41,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_loader.py, stand_in_weights.py beside this file
 import fresh_process  # noqa: E402
+import provenance  # noqa: E402
 import stand_in_weights  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
@@ -727,18 +727,6 @@ def with_earlier(path: Path, results: dict) -> dict:
     return {name: merged[name] for name in FIGURES if name in merged}
 
 
-def machine() -> dict:
-    import torch
-    import torchvision
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
 def main(argv: list[str] | None = None) -> None:
     from entropy_ft.device import default_workers
 
@@ -791,10 +779,9 @@ def main(argv: list[str] | None = None) -> None:
         if "floor" in figures:
             results["floor"] = floor_cost(args, tmp)
     finished = datetime.now(timezone.utc)
-    command = [".venv/bin/python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)]
-    meta = {"command": shlex.join(command),
+    meta = {"command": provenance.command("benchmarks/perf.py", sys.argv[1:] if argv is None else argv),
             "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(), "repeats": args.repeats, "load_at_start": round(load, 2)}
+            "machine": provenance.machine(), "repeats": args.repeats, "load_at_start": round(load, 2)}
     for x in results.values():
         x["run"] = {**{k: meta[k] for k in ("command", "started", "load_at_start", "repeats")},
                     "torch_threads": meta["machine"]["torch_threads"]}
