@@ -333,7 +333,8 @@ def fine_tune_and_score(spec: dict) -> None:
                                             "rescored": True})
         return
     selection = Selection.read(spec["selection"])
-    # an epoch resumed mid-way was timed over part of its batches; the whole epochs say what one costs
+    # an epoch resumed mid-way was timed over part of its batches; the whole epochs say what one costs, and
+    # their median what an epoch costs on a quiet machine
     timed = [h for h in history if not h.get("resumed_at_batch")] or history
     result = {
         "arch": spec["arch"], "strategy": spec["strategy"], "seed": spec["seed"], "rule": selection.rule,
@@ -344,8 +345,8 @@ def fine_tune_and_score(spec: dict) -> None:
         "full_params": selection.full_params, "reduction_vs_full": selection.reduction_vs_full,
         "epochs_run": len(history), "stopped_early": summary.get("stopped_early"),
         "epoch_seconds": [h["seconds"] for h in history],
-        "seconds_per_epoch": statistics.mean(h["seconds"] for h in timed),
-        "train_images_per_second": statistics.mean(h["images_per_second"] for h in timed),
+        "seconds_per_epoch": statistics.median(h["seconds"] for h in timed),
+        "train_images_per_second": statistics.median(h["images_per_second"] for h in timed),
         "best_val_macro_f1": summary["best_val_macro_f1"], "device": summary["device"],
         "precision": summary["precision"], "peak_memory_mb": train_peak,
         "peak_memory_kind": "CUDA max_memory_allocated of the run" if device.type == "cuda" else (
@@ -709,7 +710,8 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
         "Mean ± sample standard deviation over seeds. ECE: expected calibration error of the temperature-scaled "
         "probabilities (15 equal-width bins, temperature fitted on the val split), as `entropy-ft evaluate` reports "
         "it. Per run, 95% confidence intervals: percentile bootstrap over the test images (1,000 resamples). "
-        "Seconds per epoch: training batches only (validation excluded). "
+        "Seconds per epoch: training batches only (validation excluded), the median over the run's whole "
+        "epochs (one slowed by other work on the machine moves it little). "
         f"Peak memory: {meta['peak_memory_kind']}, read at the end of training (before evaluation).",
         "",
         "## Parameters, cost and clean test metrics",
