@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU figures in one call: the bare-loop floor (perf.py --only floor) and the paper's grid
-# with its budget sweep (paper.py --paper), for the architectures named, on a bare GPU machine
-# that has torch, torchvision, pyarrow, pillow and safetensors but no kfp and no mlflow.
+# The GPU figures in one call: the bare-loop floor (perf.py --only floor), the paper's grid with
+# its budget sweep (paper.py --paper), then torch.compile and CUDA graphs against eager over whole
+# runs (perf.py --only compile), for the architectures named, on a bare GPU machine that has
+# torch, torchvision, pyarrow, pillow and safetensors but no kfp and no mlflow. The results so far
+# are copied to $OUT after every stage, so a call cut short by its time limit still returns them.
 #
 #   here:   .venv/bin/python benchmarks/device_stage.py --archs squeezenet1_1    (writes .device/)
 #   there:  bash benchmarks/device_check.sh squeezenet1_1                        (carry .device)
@@ -24,11 +26,20 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 ENTROPY_FT_NO_PROGRESS=1
 started=$(date +%s)
 say() { echo "device_check: $(( $(date +%s) - started )) s: $*"; }
+publish() {  # what is done so far, to the device tool's output folder
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/device-results.tgz" -C "$RESULTS" .
+    cp "$RESULTS"/*.md "$OUT"/
+  fi
+}
 
 case "$MODE" in
-  paper) paper_flags=(--paper) perf_flags=(--floor-size 224 --floor-images 3000 --repeats 3) ;;
+  paper) paper_flags=(--paper) perf_flags=(--floor-size 224 --floor-images 3000 --repeats 3)
+         compile_flags=(--floor-size 224 --floor-images 3000 --repeats 1 --compile-epochs 3
+                        --compile-modes default,reduce-overhead) ;;
   small) paper_flags=(--image-size 64 --epochs 2 --seeds 1 --budgets 0.5 --profile-images 128 --in-process)
-         perf_flags=(--floor-size 64 --floor-images 300 --repeats 1) ;;
+         perf_flags=(--floor-size 64 --floor-images 300 --repeats 1)
+         compile_flags=(--floor-size 64 --floor-images 300 --repeats 1 --compile-epochs 2 --compile-modes default) ;;
   *) echo "device_check: MODE $MODE: expected paper or small" >&2; exit 2 ;;
 esac
 [ -d "$STAGE/weights" ] || { echo "device_check: $STAGE/weights: missing; run benchmarks/device_stage.py here first" >&2; exit 2; }
@@ -56,11 +67,13 @@ first=${ARCHS%%,*}
 say "perf floor ($first)"
 "$PY" benchmarks/perf.py --only floor --arch "$first" --weights-dir "$STAGE/weights" --results "$RESULTS" \
   "${perf_flags[@]}"
+publish
 say "paper grid and budget sweep ($ARCHS)"
 "$PY" benchmarks/paper.py --archs "$ARCHS" --archive "$archive" --weights-dir "$STAGE/weights" \
   --results "$RESULTS" --name "device-$MODE-${ARCHS//,/-}" "${paper_flags[@]}"
+publish
+say "perf compile ($first)"
+"$PY" benchmarks/perf.py --only compile --arch "$first" --weights-dir "$STAGE/weights" --results "$RESULTS" \
+  "${compile_flags[@]}"
+publish
 say "done"
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/device-results.tgz" -C "$RESULTS" .
-  cp "$RESULTS"/*.md "$OUT"/
-fi

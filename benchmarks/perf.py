@@ -28,6 +28,11 @@ Figures (medians over ``--repeats``, the two sides of a ratio measured alternate
    synthetic tensors already on the device (same arch, size, batch, precision and trainable
    layers, no data pipeline), for each ``--data-path`` (goal >= 0.85 for the one ``auto`` takes).
    Runs on the GPU when there is one.
+9. ``compile``: whole fine-tuning runs of the product (``--compile-epochs`` epochs, full fine-tuning, the
+   floor's synthetic data) with ``--compile MODE`` for each of ``--compile-modes`` against eager, each
+   run in a fresh process with an empty inductor cache, so the compile time is paid as a user's first
+   run pays it. Reports the whole run, the steady epoch after compiling, and from how many training
+   images on the compile time is won back (a default only where a whole run is faster).
 
 Writes ``<results>/perf.md`` and ``perf.json``; with ``--only``, the figures not run keep their
 results from the earlier file, each labelled with the run that measured it. Not a test: run it on
@@ -61,7 +66,7 @@ import stand_in_weights  # noqa: E402
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
                                       ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip"))
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("ENTROPY_FT_WEIGHTS_DIR", ROOT.parent / "shared" / "weights"))
-FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline", "ablation", "floor")
+FIGURES = ("ingest", "loader", "profile", "epoch", "precision", "pipeline", "ablation", "floor", "compile")
 GOALS = {"loader_eval": (">=", 2.0), "loader_train": (">=", 2.0), "profile": ("<=", 1.25), "pipeline": ("<=", 1.15),
          "ablation": ("<=", 1.15), "floor": (">=", 0.85)}
 ABLATION_STRATEGIES = ("entropy", "full", "head", "random")
@@ -534,12 +539,9 @@ def floor_cost(args, tmp: Path) -> dict:
     from entropy_ft.data.on_device import resolve_data_path
     from entropy_ft.device import resolve_device, resolve_precision
     from entropy_ft.model.factory import build_model, conv_layers, trainable_module_names
-    from entropy_ft.steps import ingest
     from entropy_ft.training.loop import TrainConfig, train
 
-    data = tmp / "floor-data"
-    ingest.run(ingest.Config(sources=(f"synthetic:{args.floor_images}",), out=str(data), image_size=args.floor_size,
-                             seed=0))
+    data = floor_data(args, tmp)
     device = resolve_device("auto")
     precision = resolve_precision("auto", device)
     cfg = TrainConfig(epochs=1, batch_size=32, seed=0, device=str(device), precision=precision)
@@ -577,6 +579,77 @@ def floor_cost(args, tmp: Path) -> dict:
               "ratio": {path: rate[path] / rate["bare"] for path in ("device", "loader")},
               "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
     log(f"floor: {json.dumps({k: v for k, v in result.items() if k != 'runs_seconds'})}")
+    return result
+
+
+def floor_data(args, tmp: Path) -> Path:
+    """The synthetic Dataset of the floor and compile figures (``--floor-images`` at ``--floor-size``), ingested
+    once per perf.py run."""
+    from entropy_ft.steps import ingest
+
+    data = tmp / "floor-data"
+    if not data.exists():
+        ingest.run(ingest.Config(sources=(f"synthetic:{args.floor_images}",), out=str(data),
+                                 image_size=args.floor_size, seed=0))
+    return data
+
+
+def compile_run(spec: dict) -> dict:
+    """One whole fine-tuning run of the product (full fine-tuning) in this fresh process; per epoch seconds."""
+    import torch
+
+    from entropy_ft.model.factory import build_model, conv_layers, trainable_module_names
+    from entropy_ft.training.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = build_model(spec["arch"], 4, spec["weights"])[0]
+    modules = trainable_module_names(model, spec["arch"], conv_layers(model, spec["arch"]))
+    started = time.perf_counter()
+    result = train(model, spec["arch"], modules, spec["data"], TrainConfig(**spec["config"]))
+    return {"epoch_seconds": [h["seconds"] for h in result.history],
+            "train_call_seconds": time.perf_counter() - started, "device": result.device, "precision": result.precision}
+
+
+def compile_cost(args, tmp: Path) -> dict:
+    """Eager against each ``--compile-modes`` mode over whole runs, alternately, each run cold (fresh process,
+    empty inductor cache): the first epoch carries the compile time, the later ones show the steady gain."""
+    from entropy_ft.data.loader import ParquetImages
+
+    data = floor_data(args, tmp)
+    images = len(ParquetImages(data, "train"))
+    config = {"epochs": args.compile_epochs, "patience": args.compile_epochs, "batch_size": 32, "seed": 0}
+    modes = ["off", *args.compile_modes]
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for repeat in range(args.repeats):
+        for mode in modes:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"inductor-{mode}-{repeat}")  # cold, as a first run
+            run = in_fresh_process(compile_run, {"arch": args.arch, "weights": args.weights, "data": str(data),
+                                                 "config": {**config, "compile": mode}})
+            log(f"compile {mode}: epochs {', '.join(f'{t:.1f}' for t in run['epoch_seconds'])} s")
+            runs[mode].append(run)
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+    def summary(mode: str) -> dict:
+        first = statistics.median(r["epoch_seconds"][0] for r in runs[mode])
+        steady = statistics.median(t for r in runs[mode] for t in r["epoch_seconds"][1:])
+        return {"first_epoch_seconds": first, "steady_epoch_seconds": steady,
+                "run_seconds": statistics.median(sum(r["epoch_seconds"]) for r in runs[mode])}
+
+    eager = summary("off")
+    result = {"arch": args.arch, "image_size": args.floor_size, "train_images": images, "strategy": "full",
+              "epochs": args.compile_epochs, "device": runs["off"][0]["device"],
+              "precision": runs["off"][0]["precision"], "eager": eager, "modes": {}, "runs": runs}
+    for mode in args.compile_modes:
+        x = summary(mode)
+        # compile time: what the first epoch costs beyond a steady one, net of eager's own first-epoch extra
+        overhead = (x["first_epoch_seconds"] - x["steady_epoch_seconds"]) - (
+            eager["first_epoch_seconds"] - eager["steady_epoch_seconds"])
+        gain = (eager["steady_epoch_seconds"] - x["steady_epoch_seconds"]) / images  # seconds per image
+        result["modes"][mode] = {**x, "run_ratio": x["run_seconds"] / eager["run_seconds"],
+                                 "steady_ratio": x["steady_epoch_seconds"] / eager["steady_epoch_seconds"],
+                                 "compile_seconds": overhead,
+                                 "pays_after_images": overhead / gain if gain > 0 else None}
+    log(f"compile: {json.dumps({k: v for k, v in result.items() if k != 'runs'})}")
     return result
 
 
@@ -697,6 +770,18 @@ def markdown(meta: dict, r: dict) -> str:
                              f"({x['train_images']} images, {x['image_size']} px, {x['arch']} {x['strategy']}, "
                              f"{x['precision']}, {x['device']})",
                              f"{rate[path]:.1f} vs {rate['bare']:.1f} images/s", f"{x['ratio'][path]:.2f}", goal))
+    if "compile" in r:
+        x = r["compile"]
+        for mode, c in x["modes"].items():
+            pays = (f"compile time {c['compile_seconds']:.0f} s won back after "
+                    f"{c['pays_after_images']:,.0f} training images" if c["pays_after_images"] is not None
+                    else f"never pays: the steady epoch is slower ({c['steady_ratio']:.2f})")
+            lines.append(row(f"fine-tuning run, `--compile {mode}` / eager ({x['epochs']} epochs of "
+                             f"{x['train_images']} images, {x['image_size']} px, {x['arch']} {x['strategy']}, "
+                             f"{x['precision']}, {x['device']}, compile included)",
+                             f"{c['run_seconds']:.1f} vs {x['eager']['run_seconds']:.1f} s; steady epoch "
+                             f"{c['steady_epoch_seconds']:.2f} vs {x['eager']['steady_epoch_seconds']:.2f} s",
+                             f"{c['run_ratio']:.2f}", pays))
     lines += ["", "## Settings", ""]
     for name, x in r.items():
         settings = {k: v for k, v in x.items() if not isinstance(v, (dict, list)) or k == "arguments"}
@@ -745,6 +830,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pipeline-epochs", type=int, default=2)
     p.add_argument("--floor-images", type=int, default=600, help="synthetic images for the floor figure")
     p.add_argument("--floor-size", type=int, default=96, help="image side for the floor figure")
+    p.add_argument("--compile-modes", default="default", type=lambda v: [m for m in v.split(",") if m],
+                   help="torch.compile modes the compile figure measures against eager, e.g. default,reduce-overhead")
+    p.add_argument("--compile-epochs", type=int, default=4, help="epochs per run of the compile figure")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
@@ -753,6 +841,10 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the figures measured in fresh processes too
+    from entropy_ft.training.loop import COMPILE_MODES
+
+    if not args.compile_modes or set(args.compile_modes) - set(COMPILE_MODES[1:]):
+        p.error(f"--compile-modes: a comma-separated subset of {','.join(COMPILE_MODES[1:])}")
     figures = {f.strip() for f in args.only.split(",") if f.strip()}
     if figures - set(FIGURES):
         p.error(f"--only: unknown {sorted(figures - set(FIGURES))}")
@@ -763,7 +855,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="entropy-ft-perf-") as name:
         tmp = Path(name)
-        if figures - {"pipeline", "ablation", "floor"}:
+        if figures - {"pipeline", "ablation", "floor", "compile"}:
             out, dataset = ingest_and_loader(args, tmp, figures)
             results.update(out)
         if "profile" in figures:
@@ -778,6 +870,8 @@ def main(argv: list[str] | None = None) -> None:
             results["ablation"] = ablation_cost(args, tmp)
         if "floor" in figures:
             results["floor"] = floor_cost(args, tmp)
+        if "compile" in figures:
+            results["compile"] = compile_cost(args, tmp)
     finished = datetime.now(timezone.utc)
     meta = {"command": provenance.command("benchmarks/perf.py", sys.argv[1:] if argv is None else argv),
             "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),

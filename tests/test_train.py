@@ -223,3 +223,44 @@ def test_train_noise_is_a_function_of_seed_epoch_and_batch():
     assert 0.4 < len(noisy) / 1000 < 0.6 and noisy.max() <= 0.4 and 0.17 < noisy.mean() < 0.23
     with pytest.raises(UserError, match="--train-noise -1: expected 0 to 1"):
         TrainConfig(train_noise=-1)
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+def test_compiled_model_computes_the_eager_loss_and_gradients():
+    """torch.compile (--compile) is a speed option only: on the same batch the compiled training model gives the
+    eager loss and gradients to float tolerance (whole runs drift apart, as Adam's first steps amplify any rounding)."""
+    model, sel = _model("resnet18", "alternate", seed=1)
+    apply_selection(model, sel["trainable_modules"])
+    staged = split_frozen_prefix(model, "resnet18").train()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % len(CLASSES)
+
+    def loss_and_grads(module):
+        model.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(module(x), y)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager_loss, eager_grads = loss_and_grads(staged)
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(staged))
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert compiled_grads.keys() == eager_grads.keys() and len(eager_grads) > 2
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item() + 1e-8,
+                                   msg=name)
+
+
+def test_a_compiled_run_trains_the_selection_and_nothing_else(synthetic_dataset):
+    sel = selection_doc("resnet18", "alternate")
+    recipe = dataclasses.replace(RESUME, epochs=1, train_noise=0.0, compile="default")
+    model = _model("resnet18", "alternate", seed=1)[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, "resnet18", sel["trainable_modules"], synthetic_dataset, recipe)
+    assert recipe.recipe() == dataclasses.replace(recipe, compile="off").recipe()  # a resume may switch it
+    after = result.model.state_dict()
+    trainable = tuple(f"{name}." for name in sel["trainable_modules"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(trainable) for k in changed)
+    assert len(result.history) == 1 and result.history[0]["train_loss"] > 0

@@ -58,6 +58,10 @@ EpochCallback = Callable[[int, dict], None]
 
 
 TRAIN_NOISE_MODES = ("uniform", "fixed")
+# torch.compile modes for the trained model; reduce-overhead adds CUDA graphs on a GPU. Off by default: it
+# pays only when its compile time (paid again by every run and every resume) is won back over the run's
+# epochs, which benchmarks/perf.py's compile figure measures per machine
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,15 +93,19 @@ class TrainConfig(Options):
                             help="auto: bf16 on GPUs and CPUs with native bf16, fp16 AMP on older GPUs, else fp32")
     num_workers: int | None = option(None, check=at_least(0),
                                      help="DataLoader workers of the loader path (default: 0 on CPU, up to 8 on GPU)")
+    compile: str = option("off", choices=COMPILE_MODES,
+                          help="torch.compile the model's training forward and backward in this mode (reduce-overhead: "
+                               "also CUDA graphs on a GPU); its compile time comes first in epoch 1")
     data_path: str = option("auto", choices=DATA_PATHS,
                             help="device: the split held on the device, augmented there per batch; loader: "
                                  "DataLoader with Pillow augmentation; auto: device on GPUs, and on CPUs the "
                                  "faster one as measured (device)")
 
     def recipe(self) -> dict:
-        """What decides the trained weights (a resume must match it); device, precision, workers and data path
-        do not (both paths draw the same augmentation distribution, as both devices compute the same model)."""
-        run_only = ("device", "precision", "num_workers", "data_path")
+        """What decides the trained weights (a resume must match it); device, precision, workers, data path and
+        compilation do not (both paths draw the same augmentation distribution, as both devices, compiled or not,
+        compute the same model)."""
+        run_only = ("device", "precision", "num_workers", "data_path", "compile")
         return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in run_only}
 
 
@@ -179,6 +187,7 @@ def train(
     model.to(device, memory_format=torch.channels_last)
     params = apply_selection(model, trainable_modules)
     staged = split_frozen_prefix(model, arch)
+    step_model = staged if cfg.compile == "off" else torch.compile(staged, mode=cfg.compile)
     workers = cfg.num_workers if cfg.num_workers is not None else loader_workers(device)
     data_path = resolve_data_path(cfg.data_path, device)
     if data_path == "device":
@@ -198,8 +207,9 @@ def train(
     trainable_params = sum(p.numel() for p in params)
     log.info(
         "fine-tuning %s: %s trainable parameters, %d frozen blocks without autograd, %d train images, "
-        "%d epochs, device %s, precision %s, %s data path",
+        "%d epochs, device %s, precision %s, %s data path%s",
         arch, f"{trainable_params:,}", len(staged.prefix), len(sampler), cfg.epochs, device, precision, data_path,
+        "" if cfg.compile == "off" else f", torch.compile {cfg.compile} (the first batches compile: slow)",
     )
 
     state = _Progress()
@@ -244,7 +254,7 @@ def train(
         saved = None
         sampler.set_epoch(state.epoch, start=state.batches_done * cfg.batch_size)
         resumed_at_batch = state.batches_done
-        train_seconds, timed_images = _train_epoch(staged, loader, steps_per_epoch, optimizer, scheduler, scaler,
+        train_seconds, timed_images = _train_epoch(step_model, loader, steps_per_epoch, optimizer, scheduler, scaler,
                                                    criterion, device, precision, state, cfg, stop, checkpoint)
         val_labels, val_logits = predict(model, val_loader, device, precision, desc="validate")
         cm = confusion_matrix(val_labels, val_logits.argmax(axis=1), val_logits.shape[1])
