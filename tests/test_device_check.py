@@ -85,3 +85,20 @@ def test_the_grid_runs_without_kfp_or_mlflow_and_a_second_call_completes_an_inte
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("fine-tuning up to") == 1 and "random-b0.5-s0: fine-tuning" in second.stderr
     assert json.loads((tmp_path / "results" / "grid.json").read_text())["runs_done"] == 4
+
+
+def test_presets_train_as_their_users_would_and_a_departing_noise_gets_its_own_results():
+    """--cpu trains with the library's default noise (what entropy-ft run does), --paper with none (the paper's
+    recipe); naming another noise than the preset's writes beside its table, never over it."""
+    import paper as bench
+
+    from entropy_ft.training.loop import TrainConfig
+
+    cpu, gpu = bench.parse_args(["--cpu"]), bench.parse_args(["--paper"])
+    assert (cpu.train_noise, cpu.train_noise_p, cpu.name) == (TrainConfig.train_noise, TrainConfig.train_noise_p,
+                                                              "paper-cpu")
+    assert (gpu.train_noise, gpu.name) == (0.0, "paper-gpu")
+    assert bench.parse_args(["--cpu", "--train-noise", "0"]).name == "paper-cpu-no-train-noise"
+    assert bench.parse_args(["--paper", "--train-noise", "0.3"]).name == "paper-gpu-train-noise"
+    assert bench.parse_args(["--cpu", "--train-noise", "0.2"]).name == "paper-cpu"
+    assert bench.settings(cpu)["train_noise"] == {"sigma_max": TrainConfig.train_noise, "p": TrainConfig.train_noise_p}
