@@ -58,7 +58,6 @@ edited.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -180,7 +179,7 @@ def _train_default(name: str):
     """The library's default for one fine-tuning option, so a preset that follows it cannot drift."""
     from entropy_ft.training.loop import TrainConfig
 
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return getattr(TrainConfig, name)
 
 
 def _preset_help(name: str) -> str:
