@@ -621,6 +621,36 @@ def write_plots(args, rows: list[dict], work_dirs: dict[str, Path]) -> list[str]
     return written
 
 
+def write_sweep_plots(args, sweep: list[dict], rows: list[dict]) -> list[str]:
+    """Per architecture, clean test accuracy against the budget F for entropy and random (mean ± std over the
+    sweep's seeds), with the grid's full fine-tuning as the line both would like to reach."""
+    from matplotlib.figure import Figure
+
+    from entropy_ft import plots
+
+    written = []
+    for arch in sorted({row["arch"] for row in sweep}):
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        ax = fig.add_subplot()
+        for strategy in ("entropy", "random"):
+            points = [row for row in sweep if row["arch"] == arch and strategy in row]
+            ax.errorbar([row["budget"] for row in points], [row[strategy]["shipped_accuracy"][0] for row in points],
+                        yerr=[row[strategy]["shipped_accuracy"][1] or 0.0 for row in points], marker="o", capsize=3,
+                        color=plots.LINE_COLORS[STRATEGIES.index(strategy)], label=f"{strategy}, budget:F")
+        full = next((row for row in rows if (row["arch"], row["strategy"]) == (arch, "full")), None)
+        if full:
+            ax.axhline(full["shipped_accuracy"][0], linestyle="--", color=plots.LINE_COLORS[STRATEGIES.index("full")],
+                       label="full fine-tuning (grid mean)")
+        ax.set_xlabel("budget F: share of the conv parameters trainable")
+        ax.set_ylabel("test accuracy, as shipped")
+        ax.set_title(f"{arch}: entropy against random at the same budget")
+        ax.legend(frameon=False)
+        name = f"{args.name}-{arch}-budget-sweep.png"
+        (args.results / name).write_bytes(plots.png_bytes(fig))
+        written.append(name)
+    return written
+
+
 def per_run_markdown(args, results: list[dict]) -> list[str]:
     """Each run's test accuracy [95% CI] at every sigma, as shipped and deduplicated."""
     lines = []
@@ -781,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
             "budgets": args.budgets, "budget_seeds": args.budget_seeds,
         }
         sweep = budget_sweep([r for r in results if r.get("budget") is not None])
-        plots_written = write_plots(args, rows, work_dirs) if rows else []
+        plots_written = (write_plots(args, rows, work_dirs) if rows else []) + write_sweep_plots(args, sweep, rows)
         leak_json = {k: v for k, v in leak.items() if k != "keep"}
         (args.results / f"{args.name}.json").write_text(json.dumps(
             {"schema_version": 3, **meta, "test_dedup": leak_json, "summary": rows, "budget_sweep": sweep,

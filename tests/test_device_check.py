@@ -78,6 +78,9 @@ def test_the_grid_runs_without_kfp_or_mlflow_and_a_second_call_completes_an_inte
     assert sweep["budget"] == 0.5 and sweep["random"]["trainable_params"][0] <= sweep["entropy"]["trainable_params"][0]
     assert "entropy_minus_random" in sweep
     assert "## Budget sweep" in (tmp_path / "results" / "grid.md").read_text()
+    sweep_plot = tmp_path / "results" / "grid-squeezenet1_1-budget-sweep.png"
+    assert sweep_plot.read_bytes().startswith(b"\x89PNG")
+    assert f"![{sweep_plot.name}]({sweep_plot.name})" in (tmp_path / "results" / "grid.md").read_text()
 
     run_dir = next((tmp_path / "cache" / "paper-runs").iterdir())
     (run_dir / "result-random-b0.5-s0.json").unlink()  # as if the grid was killed during its last run
