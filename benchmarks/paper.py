@@ -543,6 +543,47 @@ def aggregate(results: list[dict], sigmas: list[float]) -> list[dict]:
     return rows
 
 
+def entropy_against(results: list[dict]) -> list[dict]:
+    """Per architecture, entropy's clean test accuracy minus full's and random's, paired by seed (a seed fixes
+    both runs' new head, data order and augmentation, and random's draw), as shipped and deduplicated, with the
+    two-sided paired t-test over seeds (``scipy.stats.ttest_rel``; None under two pairs, or when every pair
+    differs by the same amount, where t is undefined). Over seeds, not
+    images: the question is whether the method wins across training runs, and a test over one run's images
+    would leave the run-to-run spread out."""
+    from scipy import stats
+
+    rows = []
+    for arch in sorted({r["arch"] for r in results}):
+        by = {(r["strategy"], r["seed"]): r for r in results if r["arch"] == arch}
+        for other in ("full", "random"):
+            seeds = sorted(s for st, s in by if st == "entropy" and (other, s) in by)
+            if not seeds:
+                continue
+            row: dict = {"arch": arch, "other": other, "seeds": seeds}
+            for test in ("shipped", "dedup"):
+                e, o = ([by[(st, s)]["test"][test][0]["accuracy"] for s in seeds] for st in ("entropy", other))
+                difference = mean_std([a - b for a, b in zip(e, o)])
+                spread = difference[1] is not None and difference[1] > 1e-9  # accuracies are multiples of 1/n
+                row[test] = {"difference": difference, "p": float(stats.ttest_rel(e, o).pvalue) if spread else None}
+            rows.append(row)
+    return rows
+
+
+def entropy_against_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Entropy against full and random, paired by seed", "",
+             "Entropy's clean test accuracy minus the other strategy's on the same seed, mean ± std over seeds, "
+             "and the two-sided paired t-test over seeds (n/a under two seeds, or when every seed differs alike).", "",
+             "| arch | entropy − | seeds | difference | p | difference (dedup) | p (dedup) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        cells = [f"{fmt(row[t]['difference'], 100, 1)} pp | "
+                 + (f"{row[t]['p']:.3f}" if row[t]["p"] is not None else "n/a") for t in ("shipped", "dedup")]
+        lines.append(f"| {row['arch']} | {row['other']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def budget_sweep(results: list[dict]) -> list[dict]:
     """Per (arch, budget): entropy against random at the same budget, mean over the sweep's seeds, and the
     paired difference (same seed) in clean accuracy as shipped and deduplicated."""
@@ -715,7 +756,7 @@ def sweep_markdown(sweep: list[dict], budget_seeds: int) -> list[str]:
 
 
 def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list[str], stability: dict,
-             results: list[dict], sweep: list[dict]) -> str:
+             results: list[dict], against: list[dict], sweep: list[dict]) -> str:
     s = meta["settings"]
     dup = leak["duplicate_summary"]
     lines = [
@@ -790,6 +831,7 @@ def markdown(args, meta: dict, rows: list[dict], leak: dict, plots_written: list
     for r in rows:
         lines.append(f"| {r['arch']} | {r['strategy']} | "
                      + " | ".join(fmt(r[f"shipped_ece_sigma_{x:g}"]) for x in args.sigmas) + " |")
+    lines += entropy_against_markdown(against)
     lines += sweep_markdown(sweep, args.budget_seeds)
     lines += per_run_markdown(args, results)
     lines += stability_markdown(stability)
@@ -829,14 +871,15 @@ def main(argv: list[str] | None = None) -> None:
             "peak_memory_kind": results[0]["peak_memory_kind"], "runs_done": len(results), "runs_planned": len(jobs),
             "budgets": args.budgets, "budget_seeds": args.budget_seeds,
         }
+        against = entropy_against(grid)
         sweep = budget_sweep([r for r in results if r.get("budget") is not None])
         plots_written = (write_plots(args, rows, work_dirs) if rows else []) + write_sweep_plots(args, sweep, rows)
         leak_json = {k: v for k, v in leak.items() if k != "keep"}
         (args.results / f"{args.name}.json").write_text(json.dumps(
-            {"schema_version": 3, **meta, "test_dedup": leak_json, "summary": rows, "budget_sweep": sweep,
-             "selection_stability": stability, "runs": results}, indent=2) + "\n")
+            {"schema_version": 3, **meta, "test_dedup": leak_json, "summary": rows, "entropy_against": against,
+             "budget_sweep": sweep, "selection_stability": stability, "runs": results}, indent=2) + "\n")
         (args.results / f"{args.name}.md").write_text(markdown(args, meta, rows, leak_json, plots_written, stability,
-                                                               results, sweep))
+                                                               results, against, sweep))
 
     run_grid(args, dataset, leak, work_dirs, jobs, report)
     log(f"wrote {args.results / (args.name + '.md')}")
