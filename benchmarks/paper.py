@@ -547,9 +547,8 @@ def entropy_against(results: list[dict]) -> list[dict]:
     """Per architecture, entropy's clean test accuracy minus full's and random's, paired by seed (a seed fixes
     both runs' new head, data order and augmentation, and random's draw), as shipped and deduplicated, with the
     two-sided paired t-test over seeds (``scipy.stats.ttest_rel``; None under two pairs, or when every pair
-    differs by the same amount, where t is undefined). Over seeds, not
-    images: the question is whether the method wins across training runs, and a test over one run's images
-    would leave the run-to-run spread out."""
+    differs by the same amount, where t is undefined). Over seeds, not images: the question is whether the
+    method wins across training runs, and a test over one run's images would leave the run-to-run spread out."""
     from scipy import stats
 
     rows = []
