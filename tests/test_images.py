@@ -102,6 +102,15 @@ def test_image_holds_everything_the_package_build_needs(flavour):
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_base_image_argument_defaults_to_a_pinned_tag(flavour):
+    """FROM ${BASE_IMAGE} lets `make images` build on a debootstrap base; the default stays a pinned tag."""
+    dockerfile = DOCKERFILES[flavour]
+    assert instructions(dockerfile, "FROM") == ["${BASE_IMAGE}"]
+    match = re.search(r"^ARG BASE_IMAGE=(\S+):(\S+)$", dockerfile.read_text(), re.M)
+    assert match and match.group(2) != "latest" and re.search(r"\d", match.group(2)), match
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
 def test_torch_pins_satisfy_the_project_requirement(flavour):
     """If they did not, `pip install .` would swap the CPU/CUDA wheels for PyPI's default build."""
     requirements = {Requirement(r).name: Requirement(r) for r in PYPROJECT["project"]["dependencies"]}
