@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-setup
 DEMO_OUT ?= out/demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench images bench-images clean
 
 # The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
@@ -30,6 +30,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/paper.py
 	$(BIN)/python benchmarks/perf.py
+
+# Both component images from images/ into out/images/*.oci.tar, with no container daemon (buildah,
+# chroot isolation, vfs storage; debootstrap makes the base where no registry answers). Needs root and
+# Debian's buildah and debootstrap (apt-get install buildah debootstrap bubblewrap); docs/deploy.md.
+images:
+	$(PYTHON) scripts/build_images.py
+
+# Every compiled training component run inside the built CPU image (bubblewrap, uid 10001, no network),
+# compared with kfp.local on the same inputs; writes benchmarks/results/in-image.{md,json}.
+bench-images: $(STAMP)
+	$(BIN)/python benchmarks/in_image.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
