@@ -85,6 +85,23 @@ class ClusterOptions(Options):
         return self.image or default_image()
 
 
+RUN_AS = 10001  # the images' user (images/Dockerfile*)
+WRITABLE = {"tmp": "/tmp", "home": "/home/entropy"}  # all a step writes outside its artifacts
+
+
+def runs_unprivileged(task) -> None:
+    """Every pod as the images' unprivileged user, writing only to emptyDirs: /tmp (the component's
+    program and outputs file) and the home (torch and matplotlib caches). So the container's root
+    filesystem can be mounted read-only (docs/deploy.md, where a cluster sets
+    ``readOnlyRootFilesystem``: kfp-kubernetes cannot set it per task). The artifact scratch folders
+    (/s3, /minio, /gcs) are the KFP launcher's own."""
+    from kfp import kubernetes
+
+    kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    for name, path in WRITABLE.items():
+        kubernetes.empty_dir_mount(task, volume_name=name, mount_path=path)
+
+
 def talks_to_storage(task, opts: ClusterOptions) -> None:
     """S3 credentials from a Secret, the endpoint from the settings ConfigMap, retries with backoff for
     transient faults."""

@@ -166,17 +166,16 @@ def arguments_from_args(args: argparse.Namespace, pipeline: str) -> dict:
 def _components(opts: ClusterOptions | None) -> dict:
     """The components for a cluster (``opts``) or, with ``opts`` None, for ``kfp.local``.
 
-    Locally each task runs in this very environment, which has kfp, so the ``pip install kfp``
-    a lightweight component otherwise runs first is left out: a pip process per task (about
-    0.4 s) that could only find kfp installed.
+    Neither starts with the ``pip install kfp`` a lightweight component otherwise runs first: kfp is
+    a dependency of the package, so the image and a local environment both hold it, and on an
+    air-gapped cluster that install would be a network call that fails before the step starts.
     """
-    install_kfp = opts is not None
     opts = opts or ClusterOptions()
     image, gpu_image = opts.step_image(), opts.step_image(gpu=True)
     funcs = {"ingest": ingest, "profile": profile, "select": select, "finetune": finetune, "evaluate": evaluate,
              "evaluate_external": evaluate_external, "register": register, "compare": compare}
     return {name: dsl.component(func, base_image=gpu_image if name == "finetune" else image,
-                                install_kfp_package=install_kfp) for name, func in funcs.items()}
+                                install_kfp_package=False) for name, func in funcs.items()}
 
 
 TRAINING = "entropy-ft-training"
@@ -210,6 +209,7 @@ def _ablation(c: dict, opts: ClusterOptions | None, cache: bool, p: SimpleNamesp
     cmp = c["compare"](evaluations=dsl.Collected(ev.outputs["evaluation"]))
     cmp.set_caching_options(False)
     if opts is not None:
+        cluster.runs_unprivileged(cmp)
         cluster.talks_to_storage(cmp, opts)
 
 
@@ -279,6 +279,8 @@ def _configure(opts: ClusterOptions | None, cache: bool, ing, prof, sel, ft, ev,
         task.set_caching_options(False)
     if opts is None:
         return
+    for task in (ing, prof, sel, ft, ev, *tracked):
+        cluster.runs_unprivileged(task)
     for task in (ing, prof, sel, ev, *([ext] if ext is not None else [])):
         cluster.talks_to_storage(task, opts)
     cluster.trains(ft, opts)

@@ -84,7 +84,8 @@ def test_gpu_resources_and_placement_on_finetune(compiled):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
     assert k8s["nodeSelector"]["labels"] == {"gpu": "h100"}
     assert k8s["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
-    assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and k8s["emptyDirMounts"][0]["medium"] == "Memory"
+    shm = next(m for m in k8s["emptyDirMounts"] if m["mountPath"] == "/dev/shm")
+    assert shm["medium"] == "Memory" and shm["volumeName"] == "dshm"
 
 
 def test_retries_caching_and_secret_references(compiled):
@@ -218,9 +219,9 @@ def test_run_with_a_missing_labels_file_exits_2_before_any_task(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_local_tasks_start_without_pip():
-    """kfp.local runs every task in this environment, which has kfp: no ``pip install kfp`` per task
-    (compiled components keep it)."""
+def test_no_task_starts_with_pip_locally_or_on_a_cluster():
+    """kfp.local runs every task in this environment and a cluster in the image, both of which hold kfp:
+    no ``pip install kfp`` per task (on an air-gapped cluster it would fail before the step)."""
     from entropy_ft.pipelines.cluster import ClusterOptions
     from entropy_ft.pipelines.definitions import _components
 
@@ -229,7 +230,7 @@ def test_local_tasks_start_without_pip():
                           "compare"}
     for name, component in local.items():
         assert "pip install" not in " ".join(component.component_spec.implementation.container.command), name
-        assert "pip install" in " ".join(cluster[name].component_spec.implementation.container.command), name
+        assert "pip install" not in " ".join(cluster[name].component_spec.implementation.container.command), name
 
 
 def test_local_ablation_runs_branches_one_at_a_time_and_the_cluster_in_parallel(compiled, tmp_path):
