@@ -8,6 +8,7 @@ bucket-making helper. Registered for every test module in tests/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,31 +79,35 @@ def _wait(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"moto_server at {url} did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory) -> S3Endpoint:
-    log = tmp_path_factory.mktemp("moto") / "server.log"
+def client_env(url: str) -> dict[str, str]:
+    """What points boto3 (and so the library) at the endpoint ``url``, with its dummy credentials."""
+    return {"AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@contextlib.contextmanager
+def running_moto(log: Path) -> Iterator[S3Endpoint]:
+    """A ``moto_server`` on a free port of 127.0.0.1 until the block ends (benchmarks use it as it is)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(_command(port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    env = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ENDPOINT_URL_S3": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
     try:
         _wait(url, proc, log)
+        yield S3Endpoint(url)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> S3Endpoint:
+    with running_moto(tmp_path_factory.mktemp("moto") / "server.log") as endpoint:
         with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
+            for key, value in client_env(endpoint.url).items():
                 mp.setenv(key, value)
             for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
                 mp.delenv(key, raising=False)
-            yield S3Endpoint(url)
-    finally:
-        _stop(proc)
+            yield endpoint
 
 
 def _stop(proc: subprocess.Popen) -> None:
