@@ -120,9 +120,11 @@ def talks_to_mlflow(task, opts: ClusterOptions) -> None:
     talks_to_storage(task, opts)
     kubernetes.use_secret_as_env(task, secret_name=opts.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
                                  optional=True)
+    # key -> variable: MLflow's S3 client reads the same endpoint as MLFLOW_S3_ENDPOINT_URL (the ConfigMap
+    # has no key of that name: the reverse mapping kept finetune and register pods from starting)
     kubernetes.use_config_map_as_env(task, config_map_name=opts.settings_configmap,
                                      config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-                                                            "MLFLOW_S3_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
+                                                            "AWS_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"})
 
 
 def trains(task, opts: ClusterOptions) -> None:

@@ -38,6 +38,8 @@ import yaml
 
 SCRATCH = "/s3"  # where a launcher puts s3:// artifacts (kfp.dsl.types.artifact_types._S3_LOCAL_MOUNT_PREFIX)
 OUTPUTS_FILE = "/tmp/kfp_outputs/output_metadata.json"
+STEP_LOG = (r"(INFO\]: |^\d\d:\d\d:\d\d INFO )"  # a log line of the step, not of KFP's executor around it
+            r"(?!Looking for component|Loading KFP component|Got executor_input|Wrote executor output)")
 NOT_BOUND = {"proc", "dev", "sys", "tmp"}  # made fresh in every sandbox, never taken from the root filesystem
 
 
@@ -61,7 +63,7 @@ class Image:
     def host(cls, path: str) -> Image:
         """This machine's own root filesystem with ``path`` as PATH: the checks that need no built image.
         Its /home is left out, so the pods' home is a fresh emptyDir on an empty /home."""
-        return cls(Path("/"), {"PATH": path, "LANG": "C.UTF-8"}, "/", frozenset({"home"}))
+        return cls(Path("/"), {"PATH": path, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}, "/", frozenset({"home"}))
 
 
 @dataclass
@@ -95,6 +97,14 @@ class TaskRun:
 
 class TaskFailed(RuntimeError):
     pass
+
+
+def config_map(manifest: Path, **overrides: str) -> dict[str, str]:
+    """The data of the ConfigMap in ``manifest`` (a shipped manifest), with ``overrides`` for the
+    addresses a test's servers really have."""
+    doc = yaml.safe_load(manifest.read_text())
+    assert doc["kind"] == "ConfigMap", manifest
+    return {**doc["data"], **overrides}
 
 
 def load(path: Path) -> tuple[dict, dict]:

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from kfp_launcher import Cluster, Image, Launcher, TaskFailed, load
+from kfp_launcher import STEP_LOG, Cluster, Image, Launcher, TaskFailed, config_map, load
 
 from entropy_ft.cli import main
 
-STEP_LOG = r"^\d\d:\d\d:\d\d INFO "  # the library's log format (entropy_ft.logs)
+SETTINGS = Path(__file__).parents[1] / "manifests" / "base" / "settings.yaml"
 NETWORK_TOOLS = re.compile(r"\b(pip3?|ensurepip|apt-get|apt|curl|wget|conda|uv|git)\b")
 
 
@@ -59,12 +59,24 @@ def test_every_pod_runs_as_the_image_user_writing_only_to_empty_dirs(compiled, p
     assert "USER 10001:10001" in dockerfile and "WORKDIR /home/entropy" in dockerfile
 
 
+@pytest.mark.parametrize("pipeline", ["training", "ablation"])
+def test_every_config_map_key_a_pod_needs_is_in_the_shipped_config_map(compiled, pipeline):
+    """A key a pod reads without `optional` that the ConfigMap lacks stops the kubelet from starting it."""
+    _, platform = load(compiled[pipeline])
+    shipped = config_map(SETTINGS)
+    for executor, config in platform.items():
+        for ref in config.get("configMapAsEnv", []):
+            assert ref["configMapName"] == "entropy-ft-settings"
+            missing = [pair["configMapKey"] for pair in ref["keyToEnv"] if pair["configMapKey"] not in shipped]
+            assert ref.get("optional") or not missing, f"{executor} needs {missing}, absent from {SETTINGS.name}"
+
+
 def _launcher(compiled: Path, s3_endpoint, work: Path, **kwargs) -> Launcher:
     s3_endpoint.make_bucket("pipeline")
     cluster = Cluster("s3://pipeline/root", s3_endpoint.client(),
                       secrets={"entropy-ft-s3": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}},
-                      config_maps={"entropy-ft-settings": {"AWS_ENDPOINT_URL": s3_endpoint.url,
-                                                           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}})
+                      config_maps={"entropy-ft-settings": config_map(SETTINGS, AWS_ENDPOINT_URL=s3_endpoint.url,
+                                                                     MLFLOW_TRACKING_URI="http://127.0.0.1:9")})
     return Launcher(compiled, Image.host(str(Path(sys.executable).parent) + ":/usr/bin:/bin"), cluster, work,
                     **kwargs)
 
