@@ -40,6 +40,8 @@ SCRATCH = "/s3"  # where a launcher puts s3:// artifacts (kfp.dsl.types.artifact
 OUTPUTS_FILE = "/tmp/kfp_outputs/output_metadata.json"
 STEP_LOG = (r"(INFO\]: |^\d\d:\d\d:\d\d INFO )"  # a log line of the step, not of KFP's executor around it
             r"(?!Looking for component|Loading KFP component|Got executor_input|Wrote executor output)")
+# artifacts whose content is their metadata: a component need not write a file for them
+METADATA_ONLY = {"system.Metrics", "system.ClassificationMetrics", "system.SlicedClassificationMetrics"}
 NOT_BOUND = {"proc", "dev", "sys", "tmp"}  # made fresh in every sandbox, never taken from the root filesystem
 
 
@@ -305,7 +307,7 @@ class Launcher:
             artifact = dict(entry["artifacts"][0])
             artifact["metadata"] = written.get("artifacts", {}).get(name, {}).get("artifacts", [{}])[0].get(
                 "metadata", {})
-            if not self.upload(artifact, scratch):
+            if not self.upload(artifact, scratch) and artifact["type"]["schemaTitle"] not in METADATA_ONLY:
                 raise TaskFailed(f"{task} wrote nothing at {local_path(artifact['uri'])}")
             artifacts[name] = {"artifacts": [artifact]}
         run.outputs = {"artifacts": artifacts, "parameterValues": written.get("parameterValues", {})}
