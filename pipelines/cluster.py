@@ -87,6 +87,7 @@ class ClusterOptions(Options):
 
 RUN_AS = 10001  # the images' user (images/Dockerfile*)
 WRITABLE = {"tmp": "/tmp", "home": "/home/entropy"}  # all a step writes outside its artifacts
+READ_ONLY_ROOT_LABEL = ("entropy-ft.io/read-only-root", "true")  # for a cluster policy to key on (docs/deploy.md)
 
 
 def runs_unprivileged(task) -> None:
@@ -94,10 +95,11 @@ def runs_unprivileged(task) -> None:
     program and outputs file) and the home (torch and matplotlib caches). So the container's root
     filesystem can be mounted read-only (docs/deploy.md, where a cluster sets
     ``readOnlyRootFilesystem``: kfp-kubernetes cannot set it per task). The artifact scratch folders
-    (/s3, /minio, /gcs) are the KFP launcher's own."""
+    (/s3, /minio, /gcs) are the KFP launcher's own. The pod label says so to an admission policy."""
     from kfp import kubernetes
 
     kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    kubernetes.add_pod_label(task, label_key=READ_ONLY_ROOT_LABEL[0], label_value=READ_ONLY_ROOT_LABEL[1])
     for name, path in WRITABLE.items():
         kubernetes.empty_dir_mount(task, volume_name=name, mount_path=path)
 

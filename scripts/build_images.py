@@ -159,7 +159,9 @@ def build(flavour: str, out: Path, args: argparse.Namespace, tmp: Path) -> dict:
     if args.base == "debootstrap" or (args.base == "auto" and not pullable(base)):
         log(f"{flavour}: building on a debootstrap Debian bookworm base instead of {base}")
         record["base"] = f"debootstrap bookworm ({DEBOOTSTRAP_PACKAGES}) in place of {base}"
+        started = time.monotonic()
         build_args += ["--build-arg", f"BASE_IMAGE={debootstrap_base(out, args.mirror)}"]
+        record["base_seconds"] = round(time.monotonic() - started, 1)  # ~0 when an earlier build made it
     else:
         record["base"] = base
 

@@ -17,6 +17,7 @@ import pytest
 from kfp_launcher import STEP_LOG, Cluster, Image, Launcher, TaskFailed, config_map, load
 
 from entropy_ft.cli import main
+from tests.lint_tools import require_tool
 
 SETTINGS = Path(__file__).parents[1] / "manifests" / "base" / "settings.yaml"
 NETWORK_TOOLS = re.compile(r"\b(pip3?|ensurepip|apt-get|apt|curl|wget|conda|uv|git)\b")
@@ -55,6 +56,7 @@ def test_every_pod_runs_as_the_image_user_writing_only_to_empty_dirs(compiled, p
         assert config["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
         mounts = {m["mountPath"] for m in config["emptyDirMounts"]}
         assert {"/tmp", "/home/entropy"} <= mounts, executor
+        assert config["podMetadata"]["labels"]["entropy-ft.io/read-only-root"] == "true", executor
     dockerfile = (Path(__file__).parents[1] / "images" / "Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile and "WORKDIR /home/entropy" in dockerfile
 
@@ -72,6 +74,7 @@ def test_every_config_map_key_a_pod_needs_is_in_the_shipped_config_map(compiled,
 
 
 def _launcher(compiled: Path, s3_endpoint, work: Path, **kwargs) -> Launcher:
+    require_tool("bwrap", "apt-get install bubblewrap; .ci/run does")
     s3_endpoint.make_bucket("pipeline")
     cluster = Cluster("s3://pipeline/root", s3_endpoint.client(),
                       secrets={"entropy-ft-s3": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}},
