@@ -218,15 +218,15 @@ def write_results(record: dict, out: Path) -> None:
                   f"{record['pod']['torch_cuda']}" if record["pod"]["torch_cuda"] else "(a CPU build)."]
     p = record["pod"]
     lines += ["", "## The pod", "",
-              f"- user: uid {p['uid']}, gid {p['gid']} (the image's USER {record['image_user']}; the pipeline's "
-              "securityContext)",
+              f"- user: uid {p['uid']}, gid {p['gid']} (the images' USER: "
+              + ", ".join(f"`{u}`" for u in record["image_user"].values()) + "; the pipeline's securityContext)",
               "- writable: " + ", ".join(f"`{k}`" for k, v in p["writable"].items() if v is True)
               + "; read-only: " + ", ".join(f"`{k}`" for k, v in p["writable"].items() if v is not True),
               f"- a connection to {OUTSIDE[0]}:{OUTSIDE[1]}: {p['outside']}",
               "- so `readOnlyRootFilesystem: true` holds for every step: all six ran on a read-only root", "",
               "## Each task", "",
-              "| task | exec to first log line | exec to first step log line | whole task | compared | "
-              "same as kfp.local |", "|---|---:|---:|---:|---|---|"]
+              "| task | image | exec to first log line | exec to first step log line | whole task | compared | "
+              "same as kfp.local |", "|---|---|---:|---:|---:|---|---|"]
     for t in record["tasks"]:
         c = t["comparison"]
         same = "yes" if not (c["differences"] or c["missing"] or c["extra"]) else "; ".join(
@@ -234,7 +234,8 @@ def write_results(record: dict, out: Path) -> None:
         what = ", ".join(x for x in (f"{c['rows']} Parquet rows" if c["rows"] else "",
                                      f"{c['tensors']} tensors, max abs difference {c['max_abs_diff']:g}"
                                      if c["tensors"] else "") if x)
-        lines.append(f"| {t['task']} | {t['first_line_s']:.2f} s | {t['first_step_log_s']:.1f} s | "
+        lines.append(f"| {t['task']} | `{t['image'].rsplit('/', 1)[1]}` | {t['first_line_s']:.2f} s | "
+                     f"{t['first_step_log_s']:.1f} s | "
                      f"{t['seconds']:.1f} s | `{t['artifact']}`: {c['files']} files{', ' + what if what else ''} "
                      f"| {same} |")
     lines += ["", f"kfp.local ran the same pipeline in {record['local_seconds']:.0f} s; the in-image chain took "
@@ -251,6 +252,8 @@ def write_results(record: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, default=ROOT / "out" / "images" / "entropy-ft-0.1.0.oci.tar")
+    parser.add_argument("--cuda-archive", type=Path, default=ROOT / "out" / "images" / "entropy-ft-0.1.0-cuda.oci.tar",
+                        help="finetune runs in it (on the CPU: there is no GPU) when it exists; else in the CPU image")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(
         "ENTROPY_FT_KAGGLE_ZIP", ROOT.parent / "shared" / "data" / "brain-tumor-mri-kaggle.zip")))
     parser.add_argument("--weights", type=Path, default=Path(os.environ.get(
@@ -270,11 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from entropy_ft.cli import main as cli
+    from entropy_ft.pipelines.cluster import default_image
 
     with tempfile.TemporaryDirectory(prefix="in-image-") as tmp:
         work = Path(tmp)
-        container, rootfs, inspect = mounted_image(args.archive)
+        containers, images, users = [], {}, {}
         try:
+            for ref, archive in ((default_image(), args.archive), (default_image(cuda=True), args.cuda_archive)):
+                if not archive.exists():
+                    log(f"{archive}: no such file; finetune runs in the CPU image")
+                    continue
+                log(f"mounting {archive.name}")
+                container, rootfs, inspect = mounted_image(archive)
+                containers.append(container)
+                images[ref] = Image.from_buildah(rootfs, inspect)
+                users[ref] = inspect["OCIv1"]["config"].get("User")
             with running_moto(work / "moto.log") as s3:
                 os.environ.update(client_env(s3.url))
                 with running_server(s3, work, "artifacts") as server:
@@ -289,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "s3://data/weights/resnet18-imagenette.pt", "image_size": 64, "profile_images": 64,
                                  "epochs": 2, "batch_size": 16}
                     compiled = work / "training.yaml"
-                    assert cli(["compile", "--pipeline", "training", "--gpus", "0", "--out", str(compiled)]) == 0
+                    gpus = "1" if default_image(cuda=True) in images else "0"
+                    assert cli(["compile", "--pipeline", "training", "--gpus", gpus, "--out", str(compiled)]) == 0
 
                     cluster = Cluster("s3://pipeline/root", client,
                                       secrets={"entropy-ft-s3": {"AWS_ACCESS_KEY_ID": "testing",
@@ -297,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                                       config_maps={"entropy-ft-settings": config_map(
                                           ROOT / "manifests" / "base" / "settings.yaml", AWS_ENDPOINT_URL=s3.url,
                                           MLFLOW_TRACKING_URI=server.url, ENTROPY_FT_CHECKPOINT_ROOT="s3://pipeline/ckpt")})
-                    image = Image.from_buildah(rootfs, inspect)
-                    launcher = Launcher(compiled, image, cluster, work, isolate_network=False,
+                    launcher = Launcher(compiled, images, cluster, work, isolate_network=False,
                                         on_line=lambda task, line: print(f"[{task}] {line}", file=sys.stderr))
                     pod = probe(launcher, work)
                     log(f"the pod: {pod}")
@@ -325,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                         launcher.download(artifact, fetched)
                         comparison = compare_artifact(fetched / artifact["uri"].removeprefix("s3://"),
                                                       local_run / run.task / name)
-                        tasks.append({"task": run.task, "artifact": name, "first_line_s": run.first_line_s(),
+                        ref = launcher.spec["deploymentSpec"]["executors"][f"exec-{run.task}"]["container"]["image"]
+                        tasks.append({"task": run.task, "image": ref, "artifact": name,
+                                      "first_line_s": run.first_line_s(),
                                       "first_step_log_s": run.first_line_s(STEP_LOG), "seconds": run.seconds,
                                       "comparison": comparison})
                         if run.task == "register":
@@ -334,13 +349,14 @@ def main(argv: list[str] | None = None) -> int:
                             comparison["differences"] += json_diff(mine, theirs, "registry", set())
                         log(f"{run.task}: {comparison}")
         finally:
-            subprocess.run([*BUILDAH, "rm", container], capture_output=True)
+            for container in containers:
+                subprocess.run([*BUILDAH, "rm", container], capture_output=True)
     build_json = args.archive.parent / "build.json"
     record = {"command": command("benchmarks/in_image.py", argv_recorded),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "archive": str(args.archive.name), "arguments": arguments, "per_class": args.per_class,
               "build": json.loads(build_json.read_text()) if build_json.exists() else {},
-              "image_user": inspect["OCIv1"]["config"].get("User"), "pod": pod, "tasks": tasks,
+              "image_user": users, "pod": pod, "tasks": tasks,
               "image_seconds": image_seconds, "local_seconds": local_seconds,
               "compiled_commands": {t: shlex.join(launcher.spec["deploymentSpec"]["executors"][f"exec-{t}"]
                                                   ["container"]["command"][:3])[:200] for t in COMPARED}}

@@ -146,12 +146,13 @@ def local_path(uri: str) -> str:
 
 
 class Launcher:
-    """Runs a compiled pipeline's root DAG task by task in sandboxes of ``image``."""
+    """Runs a compiled pipeline's root DAG task by task, each in a sandbox of the image its container names
+    (``images``: image reference -> :class:`Image`)."""
 
-    def __init__(self, compiled: Path, image: Image, cluster: Cluster, work: Path, isolate_network: bool,
+    def __init__(self, compiled: Path, images: dict[str, Image], cluster: Cluster, work: Path, isolate_network: bool,
                  on_line: Callable[[str, str], None] | None = None):
         self.spec, self.platform = load(compiled)
-        self.image, self.cluster, self.work = image, cluster, work
+        self.images, self.cluster, self.work = images, cluster, work
         self.isolate_network = isolate_network
         self.on_line = on_line or (lambda task, line: None)
         self.run_id = uuid.uuid4().hex[:12]
@@ -197,8 +198,14 @@ class Launcher:
                 "outputs": {"artifacts": outputs, "parameters": out_params, "outputFile": OUTPUTS_FILE}}
 
     # ------------------------------------------------------------ the pod
+    def image(self, executor: str) -> Image:
+        ref = self.spec["deploymentSpec"]["executors"][executor]["container"]["image"]
+        if ref not in self.images:
+            raise TaskFailed(f"{executor}: no root filesystem for its image {ref} (have {sorted(self.images)})")
+        return self.images[ref]
+
     def environment(self, executor: str, container: dict) -> dict[str, str]:
-        env = dict(self.image.env)
+        env = dict(self.image(executor).env)
         env.update({e["name"]: e["value"] for e in container.get("env", [])})
         config = self.platform.get(executor, {})
         for kind, store, key_field in (("secretAsEnv", self.cluster.secrets, "secretKey"),
@@ -223,8 +230,9 @@ class Launcher:
                 "--uid", str(uid), "--gid", str(gid)]
         if self.isolate_network:
             args.append("--unshare-net")
-        for entry in sorted(self.image.rootfs.iterdir()):
-            if entry.name in NOT_BOUND or entry.name in self.image.skip:
+        image = self.image(executor)
+        for entry in sorted(image.rootfs.iterdir()):
+            if entry.name in NOT_BOUND or entry.name in image.skip:
                 continue
             if entry.is_symlink():
                 args += ["--symlink", os.readlink(entry), f"/{entry.name}"]
@@ -238,7 +246,7 @@ class Launcher:
             host = pod / path.strip("/").replace("/", "_")
             host.mkdir(parents=True, exist_ok=True)
             args += ["--bind", str(host), path]
-        args += ["--remount-ro", "/", "--clearenv", "--chdir", self.image.workdir]
+        args += ["--remount-ro", "/", "--clearenv", "--chdir", image.workdir]
         for name, value in env.items():
             args += ["--setenv", name, value]
         return args

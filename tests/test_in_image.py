@@ -17,6 +17,7 @@ import pytest
 from kfp_launcher import STEP_LOG, Cluster, Image, Launcher, TaskFailed, config_map, load
 
 from entropy_ft.cli import main
+from entropy_ft.pipelines.cluster import default_image
 from tests.lint_tools import require_tool
 
 SETTINGS = Path(__file__).parents[1] / "manifests" / "base" / "settings.yaml"
@@ -80,8 +81,8 @@ def _launcher(compiled: Path, s3_endpoint, work: Path, **kwargs) -> Launcher:
                       secrets={"entropy-ft-s3": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}},
                       config_maps={"entropy-ft-settings": config_map(SETTINGS, AWS_ENDPOINT_URL=s3_endpoint.url,
                                                                      MLFLOW_TRACKING_URI="http://127.0.0.1:9")})
-    return Launcher(compiled, Image.host(str(Path(sys.executable).parent) + ":/usr/bin:/bin"), cluster, work,
-                    **kwargs)
+    host = Image.host(str(Path(sys.executable).parent) + ":/usr/bin:/bin")
+    return Launcher(compiled, {default_image(): host}, cluster, work, **kwargs)
 
 
 def test_the_sandbox_has_no_network_a_read_only_root_and_uid_10001(compiled, s3_endpoint, tmp_path):
