@@ -95,7 +95,7 @@ def kaggle_subset(archive: Path, per_class: int) -> bytes:
 
 def mounted_image(archive: Path) -> tuple[str, Path, dict]:
     """A buildah container of the archive's image: its name, its mounted root and ``buildah inspect``."""
-    name = f"entropy-ft-bench-{os.getpid()}"
+    name = f"entropy-ft-bench-{os.getpid()}-{archive.stem.removesuffix('.oci')}"
     subprocess.run([*BUILDAH, "from", "--quiet", "--name", name, f"oci-archive:{archive}"], check=True,
                    stdout=subprocess.DEVNULL)
     rootfs = Path(subprocess.run([*BUILDAH, "mount", name], check=True, capture_output=True, text=True).stdout.strip())
@@ -204,11 +204,13 @@ def write_results(record: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     build = record.get("build", {}).get("cpu", {})
     lines = [
-        "# The training pipeline's compiled components, run inside the CPU image", "",
+        "# The training pipeline's compiled components, run inside their images", "",
         f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
         f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
-        f"{record['machine']['memory_gib']} GiB, torch {record['machine']['torch']}", "",
-        "## The image", "",
+        f"{record['machine']['memory_gib']} GiB, torch {record['machine']['torch']}  ",
+        f"Inputs: {record['per_class']} JPEGs per class and split of the Kaggle archive, as a zip on S3; "
+        + ", ".join(f"`{k}={v}`" for k, v in record["arguments"].items()), "",
+        "## The images", "",
         "| image | base | build | unpacked | OCI archive |", "|---|---|---:|---:|---:|"]
     for flavour, b in sorted(record.get("build", {}).items()):
         lines.append(f"| `{b['image']}` | {b['base']} | {b['build_seconds']:.0f} s | {b['size_bytes'] / 2**30:.2f} GiB "
@@ -225,7 +227,7 @@ def write_results(record: dict, out: Path) -> None:
               f"- a connection to {OUTSIDE[0]}:{OUTSIDE[1]}: {p['outside']}",
               "- so `readOnlyRootFilesystem: true` holds for every step: all six ran on a read-only root", "",
               "## Each task", "",
-              "| task | image | exec to first log line | exec to first step log line | whole task | compared | "
+              "| task | image | exec to KFP's first line | exec to the step's first log line | whole task | compared | "
               "same as kfp.local |", "|---|---|---:|---:|---:|---|---|"]
     for t in record["tasks"]:
         c = t["comparison"]
@@ -239,7 +241,7 @@ def write_results(record: dict, out: Path) -> None:
                      f"{t['seconds']:.1f} s | `{t['artifact']}`: {c['files']} files{', ' + what if what else ''} "
                      f"| {same} |")
     lines += ["", f"kfp.local ran the same pipeline in {record['local_seconds']:.0f} s; the in-image chain took "
-              f"{record['image_seconds']:.0f} s.", "",
+              f"{record['image_seconds']:.0f} s. Both registered version 1 of their model as `champion`.", "",
               "Compared: JSON field by field, Parquet shards as tables, safetensors tensor by tensor; HTML, PNG "
               "and Markdown (which name the model and the run) for presence only; the registered versions by "
               "their aliases, tags and their runs' metrics. Left out of the JSON: values that are paths or URIs, "
