@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import sys
 import time
 import zipfile
 from collections import defaultdict
@@ -60,15 +62,44 @@ def buckets(archive: Path, out: Path, per_class: int = 0) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def splits_by_pixels(dataset: Path) -> dict[str, str]:
-    return {sha: split for split in SPLITS
-            for sha in read_split(dataset, split, ["pixel_sha256"]).column("pixel_sha256").to_pylist()}
+def splits_by_file(dataset: Path) -> dict[str, str]:
+    """Each image's split, by where it is in its source (the row's ``source`` less the archive's name, which
+    differs between the weeks): by file, not by pixels, since copies of one image share their pixels."""
+    return {ingest.place(source): split for split in SPLITS
+            for source in read_split(dataset, split, ["source"]).column("source").to_pylist()}
+
+
+def kaggle_weeks(archive: Path, out: Path) -> tuple[Path, Path]:
+    """Week 1 as every other JPEG of the archive (sorted names, both folders) in its own layout; week 2 the
+    archive itself. Kaggle's Training/ and Testing/ hold copies of some scans, so week 1 holds some images in
+    train or val and in test at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    week1 = out / "week1-kaggle.zip"
+    with zipfile.ZipFile(archive) as zf, zipfile.ZipFile(week1, "w", zipfile.ZIP_STORED) as dst:
+        for name in sorted(n for n in zf.namelist() if n.lower().endswith(".jpg"))[::2]:
+            dst.writestr(name, zf.read(name))
+    return week1, archive
+
+
+def kaggle_layout_stability(archive: Path, work: Path, sizes: tuple[int, ...], seed: int = 0) -> dict:
+    """The Kaggle layout kept (Testing/ fixes the test split): week-1 files that changed split, per image size."""
+    week1_zip, week2_zip = kaggle_weeks(archive, work / "kaggle-weeks")
+    out = {}
+    for size in sizes:
+        ds1, plain, extended = (work / f"kaggle-{name}-{size}" for name in ("week1", "week2-plain", "week2"))
+        common = {"image_size": size, "seed": seed}
+        ingest.run(ingest.Config(sources=(str(week1_zip),), out=str(ds1), **common))
+        ingest.run(ingest.Config(sources=(str(week2_zip),), out=str(plain), **common))
+        ingest.run(ingest.Config(sources=(str(week2_zip),), out=str(extended), extends=str(ds1), **common))
+        out[f"{size} px"] = {"without --extends": split_stability(ds1, plain),
+                             "with --extends": split_stability(ds1, extended)}
+    return out
 
 
 def split_stability(week1: Path, week2: Path) -> dict:
     """How many week-1 images changed split in week 2, and how many week-1 train/val images are in week 2's test."""
-    before, after = splits_by_pixels(week1), splits_by_pixels(week2)
-    common = [sha for sha in before if sha in after]
+    before, after = splits_by_file(week1), splits_by_file(week2)
+    common = [f for f in before if f in after]
     return {"week1_images": len(before), "in_week2": len(common),
             "moved": sum(before[s] != after[s] for s in common),
             "train_val_now_test": sum(before[s] in ("train", "val") and after[s] == "test" for s in common)}
@@ -124,7 +155,8 @@ def story(archive: Path, weights_dir: Path, work: Path, *, arch: str = "resnet18
 
 def markdown(result: dict) -> str:
     s = result["settings"]
-    lines = ["# Two weeks of scheduled retraining", "",
+    lines = ["# Two weeks of scheduled retraining", "", f"Command: `{result.get('command', 'benchmarks/retrain.py')}`",
+             "",
              f"`benchmarks/retrain.py`: {s['archive']} with Training/ and Testing/ merged into one bucket (so ingest "
              f"draws the test split), week 2 = {s['per_class']} files a class, week 1 = every other file of it; "
              f"{s['arch']}, {s['image_size']} px, {s['epochs']} epoch(s), seed {s['seed']}, {s['selection']}; gate "
@@ -134,6 +166,24 @@ def markdown(result: dict) -> str:
     for how, c in result["splits"].items():
         lines.append(f"| {how} | {c['week1_images']:,} | {c['in_week2']:,} | {c['moved']:,} | "
                      f"{c['train_val_now_test']:,} |")
+    lines += ["", "Week-1 images are matched by file (the path in the archive), not by pixels: copies share their "
+              "pixels. (Before issue 26 this table matched by pixels, so it counted 3,399 images for week 1's "
+              "3,510 files.)"]
+    if "kaggle_layout" in result:
+        lines += ["", "## The Kaggle layout kept: do week-1 files keep their split?", "",
+                  "Week 1 = every other JPEG of the archive (sorted names, Training/ and Testing/ both) in the "
+                  "archive's own layout, week 2 = the archive: Testing/ fixes the test split, and some scans are "
+                  "in both folders, so week 1 holds copies of one image in train or val and in test at once.", "",
+                  "| image size | week 2 ingested | week-1 files | found in week 2 | changed split | "
+                  "week-1 train/val now in test |", "|---|---|---:|---:|---:|---:|"]
+        for size, runs in result["kaggle_layout"].items():
+            for how, c in runs.items():
+                lines.append(f"| {size} | {how} | {c['week1_images']:,} | {c['in_week2']:,} | {c['moved']:,} | "
+                             f"{c['train_val_now_test']:,} |")
+        lines += ["", "Before issue 26, `--extends` found old images by their pixels alone, so a Training/ copy "
+                  "could take the split its Testing/ twin was recorded with: 68 of the 3,510 week-1 files "
+                  "changed split at 32 px (the issue's count). It now finds each old image by its pixels and its "
+                  "place in the source."]
     lines += ["", "## Gate decisions, in order", "",
               "| model | version | champion before | on its own test | head to head (candidate vs champion) | "
               "delta [95% CI] | p (better) | promoted | reason |", "|---|---:|---:|---:|---|---|---:|---|---|"]
@@ -180,8 +230,11 @@ def main() -> None:
     work = ROOT / "benchmarks" / ".cache" / "retrain"
     shutil.rmtree(work, ignore_errors=True)
     os.environ.setdefault("ENTROPY_FT_HOME", str(work))  # the embedded MLflow store, thrown away with the work
+    kaggle = kaggle_layout_stability(args.archive, work, (32, 224))
     result = story(args.archive, args.weights_dir, work, arch=args.arch, image_size=args.image_size,
                    epochs=args.epochs, per_class=args.per_class)
+    result["kaggle_layout"] = kaggle
+    result["command"] = shlex.join(["benchmarks/retrain.py", *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -17,8 +17,13 @@ def keys(n: int, start: int = 0) -> list[str]:
     return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(start, start + n)]
 
 
-def run(k: list[str], fixed: list[str | None], unit: list[int], seed: int = 0, previous=None) -> list[str]:
-    return assign(k, fixed, np.array(unit), seed=seed, previous=previous, **FRACTIONS).split_of
+def run(k: list[str], fixed: list[str | None], unit: list[int], seed: int = 0, previous=None, places=None) -> list[str]:
+    return assign(k, fixed, np.array(unit), seed=seed, previous=previous, places=places, **FRACTIONS).split_of
+
+
+def recorded(k: list[str], split_of: list[str], places: list[str] | None = None) -> dict[tuple[str, str], str]:
+    """What an earlier dataset records: (pixel hash, place) -> split."""
+    return dict(zip(zip(k, places or k), split_of))
 
 
 datasets = st.integers(1, 60).flatmap(
@@ -39,8 +44,40 @@ def test_adding_images_never_moves_an_old_one_given_the_earlier_dataset(old, new
     m, new_fixed, new_unit = new
     # new images may join old duplicate groups (shared ids) and merge them: the hard case
     after = run(k + keys(m, start=10_000), fixed + new_fixed, unit + new_unit, seed,
-                previous=dict(zip(k, before)))
+                previous=recorded(k, before))
     assert after[:n] == before
+
+
+copies = st.integers(2, 40).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.sampled_from(["train", "test"]), min_size=n, max_size=n),  # a Training/ or Testing/ file
+        st.lists(st.integers(0, max(n // 4, 1)), min_size=n, max_size=n),  # which image it is a copy of
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=copies, new=copies, seed=st.integers(0, 3))
+def test_exact_copies_in_several_splits_keep_each_its_own_split(old, new, seed):
+    """Copies share a pixel hash, and the earlier dataset may hold them in train, val and test at once (a
+    Training/ and a Testing/ file of one scan): each old file keeps its own split, found by its place."""
+    n, fixed, image = old
+    k = [f"image-{i}" for i in image]  # the pixel hash: one per image, shared by its copies
+    places = [f"{'Testing' if f == 'test' else 'Training'}/{j}.jpg" for j, f in enumerate(fixed)]
+    before = run(k, fixed, image, seed, places=places)
+    m, new_fixed, new_image = new
+    new_places = [f"{'Testing' if f == 'test' else 'Training'}/new-{j}.jpg" for j, f in enumerate(new_fixed)]
+    after = run(k + [f"image-{i}" for i in new_image], fixed + new_fixed, image + new_image, seed,
+                previous=recorded(k, before, places), places=places + new_places)
+    assert after[:n] == before
+
+
+def test_a_renamed_file_keeps_the_split_its_pixels_had():
+    k = keys(50)
+    before = run(k, [None] * 50, list(range(50)))
+    after = run(k, [None] * 50, list(range(50)), previous=recorded(k, before), places=[f"renamed/{x}" for x in k])
+    assert after == before
 
 
 @settings(max_examples=200, deadline=None)
@@ -73,7 +110,7 @@ def test_new_copies_follow_the_old_image_not_the_other_way_round():
     k = keys(400)
     old = run(k[:200], [None] * 200, list(range(200)))
     # each new image is a copy of old image i: it joins i's group whatever its own position says
-    after = run(k, [None] * 400, list(range(200)) * 2, previous=dict(zip(k[:200], old)))
+    after = run(k, [None] * 400, list(range(200)) * 2, previous=recorded(k[:200], old))
     assert after[200:] == old
     # without the earlier dataset a copy can pull its group toward train (never toward test)
     fresh = run(k, [None] * 400, list(range(200)) * 2)

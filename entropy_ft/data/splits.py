@@ -21,6 +21,13 @@ train, never toward test. So even without the earlier dataset, no image a champi
 was validated on can land in a later test split. Given the earlier dataset (``previous``), old
 images keep their recorded split exactly, and new members follow the old members' (most
 train-ward) split, so nothing old moves.
+
+An old image is known by its pixel hash *and* its place in its source (the path below the
+source's name), not by its pixels alone: exact copies share a pixel hash, and an earlier
+dataset can hold copies of one image in several splits (Kaggle's Training/ and Testing/ both
+hold some), so the hash alone cannot say which split a given copy had. A file whose place is new
+but whose pixels the earlier dataset held in one split only (a renamed or moved file) keeps that
+split too.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ class Assignment:
     """The split of every item, and how many kept the split an earlier dataset gave them."""
 
     split_of: list[str]
-    kept_from_previous: int  # items whose pixel hash the previous dataset had, in the split it had them
+    kept_from_previous: int  # items the previous dataset had (same pixels, same place), in the split it had them
     followed_previous: int  # new items that joined an old duplicate group and took its split
 
 
@@ -88,19 +95,33 @@ def assign(
     seed: int,
     val_fraction: float,
     test_fraction: float,
-    previous: Mapping[str, str] | None = None,
+    previous: Mapping[tuple[str, str], str] | None = None,
+    places: Sequence[str] | None = None,
     patient_of: Sequence[str | None] | None = None,
 ) -> Assignment:
     """Split per item.
 
     ``keys`` are pixel hashes; ``fixed`` is what the source's layout says ("test" for a test
     folder, "train" for the training folder of a source that has a test folder, None where test
-    is carved); ``unit_of`` is the unit id per item (:func:`units`); ``previous`` maps pixel hashes
-    of an earlier dataset to their split; ``patient_of`` the (hashed) patient key per item, whose
-    position replaces the image's own, so all of a patient's slices, this week's and next week's,
-    draw the same split. A test folder's images are always test.
+    is carved); ``unit_of`` is the unit id per item (:func:`units`); ``previous`` maps (pixel hash,
+    place) of an earlier dataset's images to their split, and ``places`` gives each item's place
+    (default: its key); ``patient_of`` the (hashed) patient key per item, whose position replaces
+    the image's own, so all of a patient's slices, this week's and next week's, draw the same
+    split. A test folder's images are always test.
     """
     previous = previous or {}
+    places = keys if places is None else places
+    splits_of_key: dict[str, set[str]] = defaultdict(set)
+    for (key, _), split in previous.items():
+        splits_of_key[key].add(split)
+
+    def old_split(i: int) -> str | None:
+        """The split the earlier dataset gave this image: by its place, else by pixels held in one split only."""
+        if (keys[i], places[i]) in previous:
+            return previous[(keys[i], places[i])]
+        held = splits_of_key.get(keys[i], set())
+        return next(iter(held)) if len(held) == 1 else None
+
     anchor = [p or k for p, k in zip(patient_of or [None] * len(keys), keys)]
     split_of: list[str] = [""] * len(keys)
     units: dict[int, list[int]] = defaultdict(list)
@@ -114,13 +135,14 @@ def assign(
                 split_of[i] = "test"
         if not free:
             continue
-        old = [previous[keys[i]] for i in free if keys[i] in previous]
+        recorded = {i: old_split(i) for i in free}
+        old = [split for split in recorded.values() if split is not None]
         carve_test = all(fixed[i] is None for i in free)
         own = old or [split_at(position(anchor[i], seed), carve_test, val_fraction, test_fraction) for i in free]
         group_split = min(own, key=TOWARD_TEST.index)
         for i in free:
-            if keys[i] in previous:
-                split_of[i] = previous[keys[i]]
+            if recorded[i] is not None:
+                split_of[i] = recorded[i]
                 kept += 1
             else:
                 split_of[i] = group_split

@@ -301,13 +301,19 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
 
     previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
     patient_of = [items[i].patient for i in kept]
+    places = [place(names[j]) for j in range(len(kept))]
     assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], splits.units(comp, patient_of),
                                seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               previous=previous, patient_of=patient_of)
+                               previous=previous, places=places, patient_of=patient_of)
     split_of = assignment.split_of
     if extends is not None:
+        here = set(zip(pixel_shas, places))
+        moved = [names[j] for j, key in enumerate(zip(pixel_shas, places)) if key in previous
+                 and previous[key] != split_of[j]]
+        if moved:  # assign() keeps every recorded image; only a layout that now calls its folder test outranks it
+            log.warning("--extends %s: %d old images changed split, e.g. %s", cfg.extends, len(moved), moved[0])
         extends.update(kept=assignment.kept_from_previous, followed=assignment.followed_previous,
-                       missing=len(set(previous) - set(pixel_shas)))
+                       missing=len(set(previous) - here), moved=len(moved))
         log.info("--extends %s: %d of its %d images kept their split, %d new copies followed them, %d are gone",
                  cfg.extends, extends["kept"], extends["images"], extends["followed"], extends["missing"])
 
@@ -348,8 +354,16 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     return Plan(kept, split_of, classes, groups, removed, summary, extends)
 
 
-def _previous_splits(cfg: Config, carves_test: bool) -> tuple[dict[str, str], dict | None]:
-    """Pixel hash -> split of the ``--extends`` dataset, after checking it used this run's rule and settings."""
+def place(source: str) -> str:
+    """Where an image is in its source: a row's ``source`` without the source's own name, which can change
+    from week to week (``week1.zip/Training/glioma/x.jpg`` and ``kaggle.zip/Training/glioma/x.jpg`` are one
+    image)."""
+    return source.partition("/")[2] or source
+
+
+def _previous_splits(cfg: Config, carves_test: bool) -> tuple[dict[tuple[str, str], str], dict | None]:
+    """(pixel hash, place) -> split of the ``--extends`` dataset, after checking it used this run's rule and
+    settings."""
     if not cfg.extends:
         return {}, None
     folder = DatasetManifest.folder_of(cfg.extends)
@@ -368,8 +382,9 @@ def _previous_splits(cfg: Config, carves_test: bool) -> tuple[dict[str, str], di
             raise UserError(f"--extends {cfg.extends}: split settings differ ({differ}); use the same ones")
         previous = {}
         for split in SPLITS:
-            for sha in read_split(root, split, ["pixel_sha256"]).column("pixel_sha256").to_pylist():
-                previous[sha] = split
+            table = read_split(root, split, ["pixel_sha256", "source"])
+            for sha, source in zip(table.column("pixel_sha256").to_pylist(), table.column("source").to_pylist()):
+                previous[(sha, place(source))] = split
     info = {"dataset": cfg.extends, "manifest_sha256": manifest.origin.sha256 if manifest.origin else None,
             "images": len(previous)}
     return previous, info
