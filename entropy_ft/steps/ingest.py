@@ -301,19 +301,18 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
 
     previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
     patient_of = [items[i].patient for i in kept]
-    places = [place(names[j]) for j in range(len(kept))]
+    places = [place(n) for n in names]
     assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], splits.units(comp, patient_of),
                                seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                previous=previous, places=places, patient_of=patient_of)
     split_of = assignment.split_of
     if extends is not None:
-        here = set(zip(pixel_shas, places))
-        moved = [names[j] for j, key in enumerate(zip(pixel_shas, places)) if key in previous
-                 and previous[key] != split_of[j]]
+        here = list(zip(pixel_shas, places))
+        moved = [names[j] for j, key in enumerate(here) if key in previous and previous[key] != split_of[j]]
         if moved:  # assign() keeps every recorded image; only a layout that now calls its folder test outranks it
             log.warning("--extends %s: %d old images changed split, e.g. %s", cfg.extends, len(moved), moved[0])
         extends.update(kept=assignment.kept_from_previous, followed=assignment.followed_previous,
-                       missing=len(set(previous) - here), moved=len(moved))
+                       missing=len(set(previous) - set(here)), moved=len(moved))
         log.info("--extends %s: %d of its %d images kept their split, %d new copies followed them, %d are gone",
                  cfg.extends, extends["kept"], extends["images"], extends["followed"], extends["missing"])
 
