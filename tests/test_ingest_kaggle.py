@@ -18,15 +18,16 @@ PER_CLASS_AND_SPLIT = 20
 REAL_CROSS_SPLIT_GROUPS = 5
 
 
-def pick_subset(archive: zipfile.ZipFile) -> list[str]:
-    """About 20 files per class and split, evenly spread, plus a few real cross-split duplicate groups
-    (found here by file bytes, which is fast) and the archive's one .ipynb_checkpoints file."""
+def pick_subset(archive: zipfile.ZipFile, cross_split_groups: int = REAL_CROSS_SPLIT_GROUPS) -> list[str]:
+    """About 20 files per class and split, evenly spread, plus the first ``cross_split_groups`` real
+    cross-split duplicate groups (found here by file bytes, which is fast) and the archive's one
+    .ipynb_checkpoints file."""
     names = sorted(n for n in archive.namelist() if not n.endswith("/"))
     by_bytes: dict[str, list[str]] = defaultdict(list)
     for n in names:
         by_bytes[hashlib.sha256(archive.read(n)).hexdigest()].append(n)
     crossing = sorted(g for g in by_bytes.values() if len({n.split("/")[0] for n in g}) > 1)
-    chosen = {n for g in crossing[:REAL_CROSS_SPLIT_GROUPS] for n in g}
+    chosen = {n for g in crossing[:cross_split_groups] for n in g}
     chosen |= {n for n in names if ".ipynb_checkpoints" in n}
     per_folder: dict[tuple[str, str], list[str]] = defaultdict(list)
     for n in names:

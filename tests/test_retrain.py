@@ -8,13 +8,16 @@ at small settings against a real MLflow server, and every claim of the issue is 
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from imagefiles import make_zip
 from mlflow_server import mlflow_server  # noqa: F401  (pytest fixture)
+from test_ingest_kaggle import pick_subset
 
-from entropy_ft.data.format import load_manifest
+from entropy_ft.data.format import load_manifest, read_split
 from entropy_ft.evaluation import drift
 from entropy_ft.model.factory import build_model
 from entropy_ft.model.model_dir import save_model_dir
@@ -55,6 +58,32 @@ def imagenette_model(weights_dir, tmp_path_factory) -> Path:
     save_model_dir(out, model, {"arch": "resnet18", "classes": ["glioma", "meningioma", "notumor", "pituitary"],
                                 "weights": info.source, "preprocessing": {"image_size": 64, "channels": 3}})
     return out
+
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_extends_on_the_kaggle_layout_moves_no_old_image(kaggle_zip, tmp_path, image_size):
+    """Week 1 is every other file of a real subset in Kaggle's own layout, week 2 the whole subset, which
+    holds 60 of the archive's groups of copies across Training/ and Testing/: with --extends, no week-1 file
+    changes split (a Training/ copy used to take its Testing/ twin's split, train into test)."""
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        subset = make_zip(tmp_path / "kaggle-subset.zip",
+                          {n: archive.read(n) for n in pick_subset(archive, cross_split_groups=60)})
+    week1_zip, week2_zip = retrain.kaggle_weeks(subset, tmp_path / "weeks")
+    week1, week2 = tmp_path / "w1", tmp_path / "w2"
+    ingest.run(ingest.Config(sources=(str(week1_zip),), out=str(week1), image_size=image_size))
+    summary = ingest.run(ingest.Config(sources=(str(week2_zip),), out=str(week2), image_size=image_size,
+                                       extends=str(week1)))
+
+    stability = retrain.split_stability(week1, week2)
+    assert stability["in_week2"] == stability["week1_images"] > 100
+    assert stability["moved"] == 0 and stability["train_val_now_test"] == 0
+    extends = load_manifest(week2).splits["extends"]
+    assert extends["moved"] == 0 and extends["kept"] == stability["week1_images"]
+    assert extends["followed"] > 0  # new copies of old images took their split
+    for split in ("train", "val", "test"):  # and every file kept to its folder: Testing/ is test, Training/ is not
+        folders = {s.split("/")[1] for s in read_split(week2, split, ["source"]).column("source").to_pylist()}
+        assert folders == ({"Testing"} if split == "test" else {"Training"})
+    assert summary["duplicates"]["cross_split_exact_groups"] >= 60
 
 
 def test_drift_flags_phantoms_against_real_scans_but_not_new_real_scans(kaggle_zip, imagenette_model, tmp_path):

@@ -61,7 +61,8 @@ copies = st.integers(2, 40).flatmap(
 @given(old=copies, new=copies, seed=st.integers(0, 3))
 def test_exact_copies_in_several_splits_keep_each_its_own_split(old, new, seed):
     """Copies share a pixel hash, and the earlier dataset may hold them in train, val and test at once (a
-    Training/ and a Testing/ file of one scan): each old file keeps its own split, found by its place."""
+    Training/ and a Testing/ file of one scan): each old file keeps its own split, found by its place, and
+    each new file keeps to its folder."""
     n, fixed, image = old
     k = [f"image-{i}" for i in image]  # the pixel hash: one per image, shared by its copies
     places = [f"{'Testing' if f == 'test' else 'Training'}/{j}.jpg" for j, f in enumerate(fixed)]
@@ -71,6 +72,8 @@ def test_exact_copies_in_several_splits_keep_each_its_own_split(old, new, seed):
     after = run(k + [f"image-{i}" for i in new_image], fixed + new_fixed, image + new_image, seed,
                 previous=recorded(k, before, places), places=places + new_places)
     assert after[:n] == before
+    # a new Training/ copy of an old Testing/ image is still a training-folder file: train or val, never test
+    assert all(split in ("train", "val") for split, f in zip(after[n:], new_fixed) if f == "train")
 
 
 def test_a_renamed_file_keeps_the_split_its_pixels_had():

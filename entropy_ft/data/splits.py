@@ -84,7 +84,7 @@ class Assignment:
 
     split_of: list[str]
     kept_from_previous: int  # items the previous dataset had (same pixels, same place), in the split it had them
-    followed_previous: int  # new items that joined an old duplicate group and took its split
+    followed_previous: int  # new items that took an old split: their pixels', or that of the old unit they joined
 
 
 def assign(
@@ -116,10 +116,12 @@ def assign(
         splits_of_key[key].add(split)
 
     def old_split(i: int) -> str | None:
-        """The split the earlier dataset gave this image: by its place, else by pixels held in one split only."""
+        """The split the earlier dataset gave this image: by its place, else by pixels held in one split only
+        (a test split only where the layout allows it: a new file in a training folder that copies an old
+        test image is not a test image)."""
         if (keys[i], places[i]) in previous:
             return previous[(keys[i], places[i])]
-        held = splits_of_key.get(keys[i], set())
+        held = splits_of_key.get(keys[i], set()) - ({"test"} if fixed[i] == "train" else set())
         return next(iter(held)) if len(held) == 1 else None
 
     anchor = [p or k for p, k in zip(patient_of or [None] * len(keys), keys)]
@@ -127,7 +129,7 @@ def assign(
     units: dict[int, list[int]] = defaultdict(list)
     for i in range(len(keys)):
         units[int(unit_of[i])].append(i)
-    kept = followed = 0
+    from_old: set[int] = set()  # new files whose split the earlier dataset decided
     for members in units.values():
         free = [i for i in members if fixed[i] != "test"]
         for i in members:
@@ -141,10 +143,10 @@ def assign(
         own = old or [split_at(position(anchor[i], seed), carve_test, val_fraction, test_fraction) for i in free]
         group_split = min(own, key=TOWARD_TEST.index)
         for i in free:
-            if recorded[i] is not None:
-                split_of[i] = recorded[i]
-                kept += 1
-            else:
-                split_of[i] = group_split
-                followed += bool(old)
+            split_of[i] = recorded[i] or group_split
+            if old:
+                from_old.add(i)
+    known = [(keys[i], places[i]) in previous for i in range(len(keys))]
+    kept = sum(k and split_of[i] == previous[(keys[i], places[i])] for i, k in enumerate(known))
+    followed = sum(not known[i] for i in from_old)
     return Assignment(split_of, kept, followed)

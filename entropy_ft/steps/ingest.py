@@ -438,7 +438,9 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
                 "method": "by content: each unit (a duplicate group, joined with every image of the same "
                           "patient key) gets its split from the sha256 of the seed and its anchor's pixel hash, so "
-                          "adding images never moves an old one; a unit is never split across train/val/test",
+                          "adding images never moves an old one; a unit is never split across train/val/test, "
+                          "except by a test folder or by --extends keeping each old copy where it was (listed as "
+                          "cross_split duplicate groups)",
                 **({"extends": plan.extends} if plan.extends else {})},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
