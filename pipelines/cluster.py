@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entropy_ft import __version__
+from entropy_ft.data import patients
 from entropy_ft.options import Options, at_least, option
 
 IMAGE_REPOSITORY = "ghcr.io/entropy-ft/entropy-ft"
@@ -55,6 +56,10 @@ class ClusterOptions(Options):
     s3_secret: str = option("entropy-ft-s3", help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     mlflow_secret: str = option("entropy-ft-mlflow",
                                 help="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (optional)")
+    patient_salt_secret: str = option("entropy-ft-patient-salt",
+                                      help="Secret with ENTROPY_FT_PATIENT_SALT, which hashes patient keys the same "
+                                           "way run after run, so patients keep their splits (optional: without "
+                                           "it, ingest warns and draws a random salt)")
     settings_configmap: str = option("entropy-ft-settings",
                                      help="ConfigMap with MLFLOW_TRACKING_URI and AWS_ENDPOINT_URL "
                                           "(manifests/base/settings.yaml)")
@@ -114,6 +119,17 @@ def talks_to_storage(task, opts: ClusterOptions) -> None:
                                      config_map_key_to_env={"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
     task.set_env_variable("ENTROPY_FT_NO_PROGRESS", "1")  # pod logs are not a terminal
     task.set_retry(num_retries=opts.retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+
+
+def hashes_patients(task, opts: ClusterOptions) -> None:
+    """ingest's patient salt from a Secret. Optional, since data without patient keys needs none; the pod's
+    home is an emptyDir, so no salt file is made there, and without the Secret ingest warns that this run's
+    salt is random."""
+    from kfp import kubernetes
+
+    kubernetes.use_secret_as_env(task, secret_name=opts.patient_salt_secret,
+                                 secret_key_to_env={patients.SALT_ENV: patients.SALT_ENV}, optional=True)
+    task.set_env_variable(patients.NO_SALT_FILE_ENV, "1")
 
 
 def talks_to_mlflow(task, opts: ClusterOptions) -> None:

@@ -283,6 +283,7 @@ def _configure(opts: ClusterOptions | None, cache: bool, ing, prof, sel, ft, ev,
         cluster.runs_unprivileged(task)
     for task in (ing, prof, sel, ev, *([ext] if ext is not None else [])):
         cluster.talks_to_storage(task, opts)
+    cluster.hashes_patients(ing, opts)
     cluster.trains(ft, opts)
     for task in (ft, *tracked):
         cluster.talks_to_mlflow(task, opts)

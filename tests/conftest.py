@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from s3_server import s3_endpoint  # noqa: F401  (pytest fixture: a moto S3 server on 127.0.0.1)
 
 os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
+# ingest keeps a patient salt in the user's config folder: the tests' own, never the machine user's
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="entropy-ft-test-config-")
 
 
 def _shared_path(var: str) -> Path:

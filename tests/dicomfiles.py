@@ -81,3 +81,22 @@ def unsupported_syntax() -> bytes:
     ds = dataset("MR_small_RLE.dcm")
     ds.file_meta.TransferSyntaxUID = MPEG2
     return to_bytes(ds)
+
+
+def pilot_cohort(patients_per_class: int = 12, slices: int = 3) -> dict[str, bytes]:
+    """The issue's pilot study: glioma and notumor patients, a few slices each, every slice its own pixels
+    (no duplicates: rotated, rolled in both axes and with its own speckle, so not even pHash pairs them)."""
+    rng = np.random.default_rng(0)
+    files = {}
+    base = dataset().pixel_array.astype(np.int16)
+    for k in range(2 * patients_per_class):
+        cls = ("glioma", "notumor")[k % 2]
+        for s in range(slices):
+            i = k * slices + s
+            pixels = np.roll(np.rot90(base, k=i), (7 * i, 11 * i), axis=(0, 1))
+            pixels = pixels + rng.integers(0, 400, pixels.shape) * (rng.random(pixels.shape) < 0.3)
+            ds = dataset()
+            ds.PixelData = pixels.astype("<i2").tobytes()
+            ds.PatientID, ds.SOPInstanceUID = f"PILOT-{k:03d}", instance_uid(1000 + i)
+            files[f"{cls}/PILOT-{k:03d}/slice{s}.dcm"] = to_bytes(ds)
+    return files

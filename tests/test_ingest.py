@@ -80,7 +80,7 @@ def test_bad_files_are_quarantined_and_odd_modes_ingested(tmp_path):
         assert written[f"export/{cls}/{name}"] == cls
     assert manifest.sources[0]["layout"] == "imagefolder"
     assert manifest.splits["test_carved_from"] == ["export"]
-    assert manifest.splits["rule"] == "content-hash-v1"
+    assert manifest.splits["rule"] == "content-hash-v2"
     assert all(n > 0 for n in manifest.counts["train"].values())  # at 7 images a class, val and test may lack one
     assert manifest.totals["val"] > 0 and manifest.totals["test"] > 0
     shapes = {}
@@ -308,7 +308,7 @@ def test_a_binary_yes_no_source_means_tumor_and_notumor(tmp_path):
     assert {cls for src, cls in written.items() if src.startswith("binary/yes/")} == {"tumor"}
     assert manifest.sources[0]["class_aliases"] == {"No": "notumor", "yes": "tumor"}
 
-    mixed = {**imagefolder(3), **{f"yes/{i}.png": phantom_file(700 + i, "glioma") for i in range(3)}}
+    mixed = {**imagefolder(6), **{f"yes/{i}.png": phantom_file(700 + i, "glioma") for i in range(6)}}
     run([write_tree(tmp_path / "mixed", mixed)], tmp_path / "ds-mixed")
     assert load_manifest(tmp_path / "ds-mixed").classes == ["glioma", "meningioma", "notumor", "pituitary", "yes"]
 
@@ -332,7 +332,11 @@ def test_growing_data_keeps_old_splits_and_new_copies_follow_them(tmp_path):
     week2 = dict(week1) | imagefolder(10, start=500)
     run([write_tree(tmp_path / "week2-plain", week2)], tmp_path / "ds2-plain")
     plain = {src.split("/", 1)[1]: split for split, found in rows(tmp_path / "ds2-plain").items() for src in found}
-    assert {p: plain[p] for p in before} == before  # new images of their own move nothing, even without --extends
+    # new images of their own move an old one only out of a reserve, toward train, even without --extends
+    reserved = {(r["class"], r["split"]) for r in load_manifest(tmp_path / "ds1").splits["reserved"]}
+    moved = [p for p in before if plain[p] != before[p]]
+    rank = {"train": 0, "val": 1, "test": 2}
+    assert all((p.split("/")[0], before[p]) in reserved and rank[plain[p]] < rank[before[p]] for p in moved)
 
     for path in week1:  # a near copy of every old image (one pixel brighter: other pixel hash, same pHash)
         cls = path.split("/")[0]

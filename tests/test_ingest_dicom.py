@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import stat
 from collections import Counter
 
 import numpy as np
@@ -15,6 +16,7 @@ from dicomfiles import (
     SYNTAX_VARIANTS,
     instance_uid,
     mr,
+    pilot_cohort,
     shipped,
     unsupported_syntax,
     without_pixels,
@@ -24,7 +26,7 @@ from pydicom.uid import RLELossless
 
 from entropy_ft import cli
 from entropy_ft.data.format import load_manifest, read_split
-from entropy_ft.data.patients import SALT_ENV
+from entropy_ft.data.patients import NO_SALT_FILE_ENV, SALT_ENV, salt_file
 from entropy_ft.steps import ingest
 
 SIZE = 32
@@ -102,8 +104,9 @@ def test_mixed_dicom_and_jpeg_folder(tmp_path, monkeypatch, caplog):
     assert "patient keys" not in caplog.text  # the salt was given: no warning
 
 
-def test_dicom_in_a_tar_without_salt_warns_and_keys_still_group(tmp_path, monkeypatch, caplog):
+def test_dicom_in_a_tar_without_a_lasting_salt_warns_and_keys_still_group(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv(SALT_ENV, raising=False)
+    monkeypatch.setenv(NO_SALT_FILE_ENV, "1")  # as in a pod without the Secret
     files = {**imagefolder(5, fmt="JPEG"), "glioma/a.dcm": mr(1, patient=PATIENT),
              "glioma/b.dcm": mr(2, patient=PATIENT)}
     src = make_tar(tmp_path / "export.tar.gz", files)
@@ -112,8 +115,54 @@ def test_dicom_in_a_tar_without_salt_warns_and_keys_still_group(tmp_path, monkey
     rows = all_rows(tmp_path / "ds")
     a, b = rows["export.tar.gz/glioma/a.dcm"]["patient"], rows["export.tar.gz/glioma/b.dcm"]["patient"]
     assert a == b and a not in (None, hashed(PATIENT))  # same patient, same key; the salt was random
-    assert f"{SALT_ENV} is not set" in caplog.text
+    [warning] = [r.getMessage() for r in caplog.records if "random salt" in r.getMessage()]  # once, plainly
+    assert "patient splits will differ from the next run's" in warning
     assert load_manifest(tmp_path / "ds").patients["salt"] == "random, this run only"
+
+
+def test_a_salt_file_made_once_mode_600_gives_the_same_patient_splits_run_after_run(tmp_path, monkeypatch,
+                                                                                    caplog):
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    src = write_tree(tmp_path / "pilot", pilot_cohort())
+    with caplog.at_level(logging.INFO):
+        run([src], tmp_path / "one")
+    salt = salt_file()
+    assert salt == tmp_path / "config" / "entropy-ft" / "patient-salt"
+    assert stat.S_IMODE(salt.stat().st_mode) == 0o600 and "created the patient salt" in caplog.text
+    value = salt.read_text().strip()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run([src], tmp_path / "two")
+    assert salt.read_text().strip() == value and "created the patient salt" not in caplog.text
+    assert "random salt" not in caplog.text
+
+    one, two = all_rows(tmp_path / "one"), all_rows(tmp_path / "two")
+    assert {s: r["split"] for s, r in one.items()} == {s: r["split"] for s, r in two.items()}
+    assert {s: r["patient"] for s, r in one.items()} == {s: r["patient"] for s, r in two.items()}
+    manifest = load_manifest(tmp_path / "one")
+    assert manifest.patients["salt"] == "salt file" and manifest.patients["in_several_splits"] == 0
+    assert manifest.duplicates["groups"] == [] and manifest.patients["distinct"] == 24
+    for split in ("train", "val", "test"):  # stratified: both classes in every split
+        assert {r["class_name"] for r in one.values() if r["split"] == split} == {"glioma", "notumor"}
+    for out in ("one", "two"):
+        assert value.encode() not in artifact_text(tmp_path / out) + caplog.text.encode()
+
+    salt.chmod(0o644)  # a salt others can read is a salt others can test guessed IDs with
+    with caplog.at_level(logging.WARNING):
+        run([src], tmp_path / "three")
+    assert "can be read by others (mode 644): chmod 600 it" in caplog.text
+
+
+def test_a_class_too_small_to_split_exits_2_at_ingest_naming_it(tmp_path, monkeypatch, capsys):
+    files = pilot_cohort(patients_per_class=12)
+    files = {k: v for k, v in files.items() if k.startswith("glioma/") or k.split("/")[1] in ("PILOT-001", "PILOT-003")}
+    src = write_tree(tmp_path / "pilot", files)
+    out = tmp_path / "ds"
+    assert cli.main(["ingest", str(src), "--out", str(out), "--image-size", str(SIZE), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "class notumor cannot be split: its 2 units (a unit is a patient" in err
+    assert "train, val and test need 3 or more; add notumor data" in err and not out.exists()
 
 
 def labelled_export(tmp_path):
@@ -140,7 +189,8 @@ def test_labels_csv_by_path_and_by_sop_instance_uid(tmp_path, monkeypatch, caplo
     lines.append("scans/gone.dcm,,glioma,")  # line 16: names no file
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.INFO):
-        summary = run([src], tmp_path / "ds", labels=str(tmp_path / "labels.csv"))
+        # 14 images of 3 classes in a few patients: too few to split (this test is about labels), scored only
+        summary = run([src], tmp_path / "ds", labels=str(tmp_path / "labels.csv"), external=True)
 
     manifest = load_manifest(tmp_path / "ds")
     rows = all_rows(tmp_path / "ds")

@@ -23,13 +23,13 @@ def test_s3_prefix_and_archive_sources_to_s3_destination(s3_endpoint, tmp_path):
     files = {**imagefolder(4, split="train"), **imagefolder(1, start=80, split="test"), "train/glioma/.DS_Store": b"x"}
     for rel, data in files.items():
         client.put_object(Bucket="mri-in", Key=f"export/{rel}", Body=data)
-    archive = make_zip(tmp_path / "more.zip", imagefolder(3, start=300))
+    archive = make_zip(tmp_path / "more.zip", imagefolder(6, start=300))
     client.upload_file(str(archive), "mri-in", "archives/more.zip")
 
     out = "s3://mri-out/datasets/mixed"
     summary = ingest.run(ingest.Config(sources=("s3://mri-in/export", "s3://mri-in/archives/more.zip"), out=out,
                                        image_size=32, workers=1))
-    assert summary["images"] == 4 * 5 + 4 * 3 and summary["quarantined"] == 1
+    assert summary["images"] == 4 * 5 + 4 * 6 and summary["quarantined"] == 1
 
     with storage.local_copy(out) as local:
         manifest = load_manifest(local)
@@ -50,4 +50,4 @@ def test_s3_prefix_and_archive_sources_to_s3_destination(s3_endpoint, tmp_path):
     with storage.local_copy(out) as local:
         manifest = load_manifest(local)
     assert after == {"datasets/mixed/manifest.json"} | {f"datasets/mixed/{s['path']}" for s in manifest.shards}
-    assert sum(manifest.totals.values()) == 12
+    assert sum(manifest.totals.values()) == 24

@@ -19,7 +19,8 @@ MARKER = "SECRET-MARKER-3f9a1c"
 def compiled(tmp_path_factory) -> dict[str, tuple[str, dict, dict]]:
     """Both pipelines compiled by the CLI while credentials sit in the environment."""
     tmp = tmp_path_factory.mktemp("compiled")
-    saved = {k: os.environ.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD")}
+    saved = {k: os.environ.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD",
+                                            "ENTROPY_FT_PATIENT_SALT")}
     os.environ.update({k: MARKER for k in saved})
     try:
         out = {}
@@ -99,7 +100,13 @@ def test_retries_caching_and_secret_references(compiled):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {name: {s["secretName"] for s in ex.get("secretAsEnv", [])} for name, ex in executors.items()}
-    assert secrets["exec-ingest"] == {"entropy-ft-s3"}
+    assert secrets["exec-ingest"] == {"entropy-ft-s3", "entropy-ft-patient-salt"}
+    assert secrets["exec-profile"] == {"entropy-ft-s3"}  # only ingest hashes patient keys
+    [salt] = [s for s in executors["exec-ingest"]["secretAsEnv"] if s["secretName"] == "entropy-ft-patient-salt"]
+    assert salt["optional"] is True
+    assert salt["keyToEnv"] == [{"secretKey": "ENTROPY_FT_PATIENT_SALT", "envVar": "ENTROPY_FT_PATIENT_SALT"}]
+    ingest_env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-ingest"]["container"]["env"]}
+    assert ingest_env["ENTROPY_FT_NO_SALT_FILE"] == "1"  # a pod's home dies with it: no salt file there
     assert secrets["exec-register"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
     assert secrets["exec-finetune"] == {"entropy-ft-s3", "entropy-ft-mlflow"}
 

@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from dicomfiles import pilot_cohort
+from imagefiles import write_tree
 
 TINY = ["--data", "synthetic:120", "--image-size", "32", "--weights", "none", "--profile-images", "24",
         "--bins", "64", "--batch-size", "16", "--noise", "0,0.2"]
 
 
-def run_cli(args: list[str], tmp_path: Path) -> dict:
+def run_cli(args: list[str], tmp_path: Path, **extra_env: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENTROPY_FT_HOME", "AWS_"))}
-    env["ENTROPY_FT_NO_PROGRESS"] = "1"
+    env.update(ENTROPY_FT_NO_PROGRESS="1", **extra_env)
     proc = subprocess.run([sys.executable, "-m", "entropy_ft.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -115,6 +117,28 @@ def test_ablation_pipeline_compares_the_strategies_it_ran(tmp_path):
     assert rows["entropy"]["trainable_params"] > rows["head"]["trainable_params"]
     table = (Path(summary["outputs"]["comparison"]) / "comparison.md").read_text()
     assert "| entropy |" in table and "| head |" in table
+
+
+def test_a_pilot_study_of_24_dicom_patients_trains_end_to_end(tmp_path):
+    """The small cohort a hospital starts with: 12 glioma and 12 notumor patients, 3 slices each, run with
+    the defaults as a new user would. Val and test each hold both classes, and the salt file gives a second
+    run, made afresh, the same patient splits."""
+    src = write_tree(tmp_path / "pilot", pilot_cohort())
+    (tmp_path / "config").mkdir()
+    args = ["run", "--data", str(src), "--image-size", "32", "--epochs", "1", "--weights", "none",
+            "--root", str(tmp_path / "out"), "--model-name", "pilot"]
+    first = run_cli(args, tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    manifest = json.loads((Path(first["outputs"]["dataset"]) / "manifest.json").read_text())
+    for split in ("val", "test"):
+        assert {c for c, n in manifest["counts"][split].items() if n} == {"glioma", "notumor"}
+    assert manifest["patients"]["distinct"] == 24 and manifest["patients"]["in_several_splits"] == 0
+    assert manifest["patients"]["salt"] == "salt file"
+    evaluation = json.loads((Path(first["outputs"]["evaluation"]) / "eval.json").read_text())
+    assert evaluation["num_images"] == sum(manifest["counts"]["test"].values())
+
+    second = run_cli([*args, "--no-cache"], tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    again = json.loads((Path(second["outputs"]["dataset"]) / "manifest.json").read_text())
+    assert again["counts"] == manifest["counts"] and again["patients"] == manifest["patients"]
 
 
 def test_flag_of_the_other_pipeline_is_refused(tmp_path):

@@ -33,7 +33,7 @@ split too.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +41,8 @@ import numpy as np
 
 from entropy_ft.data.dedup import components
 
-RULE = "content-hash-v1"  # recorded in the manifest; an --extends dataset must have used the same rule
+RULE = "content-hash-v2"  # recorded in the manifest
+EXTENDABLE = ("content-hash-v1", RULE)  # rules whose datasets --extends can keep (v2 only adds the reserve)
 TOWARD_TEST = ("train", "val", "test")  # a unit takes the first of its members' own splits in this order
 
 
@@ -85,6 +86,42 @@ class Assignment:
     split_of: list[str]
     kept_from_previous: int  # items the previous dataset had (same pixels, same place), in the split it had them
     followed_previous: int  # new items that took an old split: their pixels', or that of the old unit they joined
+    reserved: list[tuple[str, str]]  # (class, split): a class that drew no unit for that split got its reserve
+
+
+@dataclass
+class Drawn:
+    """A unit whose split this run draws: its free members, its position (the largest of theirs), whether
+    test is carved for it, and its class (the most common among its members)."""
+
+    free: list[int]
+    key: float
+    carve: bool
+    class_name: str
+
+
+def _reserve(drawn: list[Drawn], split_of: list[str], class_of: Sequence[str]) -> list[tuple[str, str]]:
+    """Per class, a unit for test and for val where the thresholds drew none: the drawn unit with the
+    smallest position (for test, among those whose test is carved) moves there, as long as the class
+    keeps enough units for the other splits (3 for test, 2 for val). Taking the smallest position keeps
+    the v1 guarantee for new units: they can only take the reserve over (a smaller position) or make it
+    unnecessary (a drawn split of their own), so an old unit only ever leaves a reserve, toward train."""
+    items_of: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(class_of):
+        items_of[name].append(i)
+    by_class: dict[str, list[Drawn]] = defaultdict(list)
+    for unit in sorted(drawn, key=lambda u: u.key):
+        by_class[unit.class_name].append(unit)
+    reserved = []
+    for name, units in sorted(by_class.items()):
+        for split, needed in (("test", 3), ("val", 2)):
+            pool = [u for u in units if split_of[u.free[0]] != "test" and (u.carve or split == "val")]
+            if split in {split_of[i] for i in items_of[name]} or len(pool) < needed:
+                continue
+            for i in pool[0].free:
+                split_of[i] = split
+            reserved.append((name, split))
+    return reserved
 
 
 def assign(
@@ -98,6 +135,7 @@ def assign(
     previous: Mapping[tuple[str, str], str] | None = None,
     places: Sequence[str] | None = None,
     patient_of: Sequence[str | None] | None = None,
+    class_of: Sequence[str] | None = None,
 ) -> Assignment:
     """Split per item.
 
@@ -107,7 +145,8 @@ def assign(
     place) of an earlier dataset's images to their split, and ``places`` gives each item's place
     (default: its key); ``patient_of`` the (hashed) patient key per item, whose position replaces
     the image's own, so all of a patient's slices, this week's and next week's, draw the same
-    split. A test folder's images are always test.
+    split; ``class_of`` the class per item, for the reserve (:func:`_reserve`; default: one class).
+    A test folder's images are always test.
     """
     previous = previous or {}
     places = keys if places is None else places
@@ -125,12 +164,14 @@ def assign(
         return next(iter(held)) if len(held) == 1 else None
 
     anchor = [p or k for p, k in zip(patient_of or [None] * len(keys), keys)]
+    class_of = class_of or [""] * len(keys)
     split_of: list[str] = [""] * len(keys)
-    units: dict[int, list[int]] = defaultdict(list)
+    members_of: dict[int, list[int]] = defaultdict(list)
     for i in range(len(keys)):
-        units[int(unit_of[i])].append(i)
+        members_of[int(unit_of[i])].append(i)
+    drawn: list[Drawn] = []  # units whose split this run draws (no old member decides it)
     from_old: set[int] = set()  # new files whose split the earlier dataset decided
-    for members in units.values():
+    for members in members_of.values():
         free = [i for i in members if fixed[i] != "test"]
         for i in members:
             if fixed[i] == "test":
@@ -138,15 +179,22 @@ def assign(
         if not free:
             continue
         recorded = {i: old_split(i) for i in free}
-        old = [split for split in recorded.values() if split is not None]
-        carve_test = all(fixed[i] is None for i in free)
-        own = old or [split_at(position(anchor[i], seed), carve_test, val_fraction, test_fraction) for i in free]
-        group_split = min(own, key=TOWARD_TEST.index)
-        for i in free:
-            split_of[i] = recorded[i] or group_split
-            if old:
+        if old := [split for split in recorded.values() if split is not None]:
+            group_split = min(old, key=TOWARD_TEST.index)
+            for i in free:
+                split_of[i] = recorded[i] or group_split
                 from_old.add(i)
+            continue
+        # split_at is monotone in u (larger is more train-ward), so the most train-ward member's own split
+        # is the split of the largest position
+        key = max(position(anchor[i], seed) for i in free)
+        carve = all(fixed[i] is None for i in free)
+        counts = Counter(class_of[i] for i in members)
+        drawn.append(Drawn(free, key, carve, max(sorted(counts), key=counts.__getitem__)))
+        for i in free:
+            split_of[i] = split_at(key, carve, val_fraction, test_fraction)
+    reserved = _reserve(drawn, split_of, class_of)
     known = [(keys[i], places[i]) in previous for i in range(len(keys))]
     kept = sum(k and split_of[i] == previous[(keys[i], places[i])] for i, k in enumerate(known))
     followed = sum(not known[i] for i in from_old)
-    return Assignment(split_of, kept, followed)
+    return Assignment(split_of, kept, followed, reserved)

@@ -127,8 +127,8 @@ class Item:
 def run_sources(cfg: Config) -> dict:
     started = time.monotonic()
     class_map = parse_class_map(cfg.class_map)
-    salt, salt_from_env = patients.salt_from_env()
-    settings = Settings(cfg.image_size, cfg.max_pixels, salt)
+    salt = patients.load_salt()
+    settings = Settings(cfg.image_size, cfg.max_pixels, salt.value)
     label_file = labels.read(cfg.labels) if cfg.labels else None
     with contextlib.ExitStack() as stack:
         # every source is listed and checked (zip-slip, layout) before anything is read or written
@@ -147,11 +147,12 @@ def run_sources(cfg: Config) -> dict:
             spill = Spill(tmp / ".spill")
             try:
                 files = decode_all(_reads(sources, items), len(items), settings, workers, spill)
-                items, results, found = _images(items, files, label_file, class_map, salt)
-                found["patients"]["salt"] = patients.SALT_ENV if salt_from_env else "random, this run only"
-                if found["patients"]["images_with_key"] and not salt_from_env:
-                    log.warning("%s is not set: patient keys are hashed with a random salt, so they will not match "
-                                "across runs (or an --extends dataset)", patients.SALT_ENV)
+                items, results, found = _images(items, files, label_file, class_map, salt.value)
+                found["patients"]["salt"] = salt.origin
+                if found["patients"]["images_with_key"] and not salt.lasts:
+                    log.warning("patient keys are hashed with a random salt (no %s, no salt file): this run's "
+                                "patient splits will differ from the next run's, and an --extends dataset's "
+                                "patients are not found", patients.SALT_ENV)
                 quarantined += [quarantine.Quarantined(items[i].name, r.kind, r.reason)
                                 for i, r in sorted(results.items()) if isinstance(r, Failed)]
                 kept = [i for i in range(len(items)) if isinstance(results[i], Decoded)]
@@ -289,6 +290,7 @@ class Plan:
     removed: dict[int, str]  # kept position -> reason
     summary: dict
     extends: dict | None  # what --extends kept, for the manifest
+    reserved: list[tuple[str, str]]  # (class, split) that the reserve filled
 
 
 def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Plan:
@@ -302,10 +304,14 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     previous, extends = _previous_splits(cfg, any(items[i].candidate.split is None for i in kept))
     patient_of = [items[i].patient for i in kept]
     places = [place(n) for n in names]
-    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], splits.units(comp, patient_of),
+    unit_of = splits.units(comp, patient_of)
+    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], unit_of,
                                seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               previous=previous, places=places, patient_of=patient_of)
+                               previous=previous, places=places, patient_of=patient_of, class_of=class_of)
     split_of = assignment.split_of
+    for name, split in assignment.reserved:
+        log.info("class %s drew no %s unit: its unit with the smallest position is %s (the reserve)", name, split,
+                 split)
     if extends is not None:
         here = list(zip(pixel_shas, places))
         moved = [names[j] for j, key in enumerate(here) if key in previous and previous[key] != split_of[j]]
@@ -322,11 +328,9 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
         raise UserError(f"{', '.join(cfg.sources)}: class {', '.join(missing)} has no training images, "
                         "only test images")
 
-    present = Counter(zip(split_of, class_of))
-    for split in ("val", "test"):
-        if lacking := [c for c in classes if not present[(split, c)]]:
-            log.warning("no %s images of class %s: too few images for --%s-fraction to reach (splits are drawn per "
-                        "image, by content)", split, ", ".join(lacking), split)
+    if not cfg.external:
+        _check_every_class_split(cfg, class_of, split_of, unit_of, [items[i].candidate.split for i in kept],
+                                 any(patient_of))
     comps = dedup.component_members(comp)
     crossing = [m for m in comps if len({split_of[j] for j in m}) > 1]
     conflicts = [m for m in comps if len({class_of[j] for j in m}) > 1]
@@ -350,7 +354,29 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
         "removed": len(removed),
     }
     _warn(cfg, summary, len(crossing))
-    return Plan(kept, split_of, classes, groups, removed, summary, extends)
+    return Plan(kept, split_of, classes, groups, removed, summary, extends, assignment.reserved)
+
+
+def _check_every_class_split(cfg: Config, class_of: list[str], split_of: list[str], unit_of: np.ndarray,
+                             fixed: list[str | None], by_patient: bool) -> None:
+    """Exit 2 before anything is written when a class has no val or no test images: a model selected or
+    tested without one class has never been checked on it, and finetune would fail much later."""
+    for name in sorted(set(class_of)):
+        mine = [j for j, c in enumerate(class_of) if c == name]
+        lacking = [s for s in ("val", "test") if s not in {split_of[j] for j in mine}]
+        if not lacking:
+            continue
+        units = len({int(unit_of[j]) for j in mine})
+        what = "a unit is a patient, or an image without a patient key" if by_patient else \
+            "a unit is an image with its copies"
+        if "test" in lacking and all(fixed[j] is not None for j in mine):
+            fix = f"its source has a test folder with no {name} images: add some there"
+        elif units < 3:
+            fix = f"train, val and test need 3 or more; add {name} data"
+        else:
+            fix = f"so few units can draw badly (docs/ingestion.md); add {name} data, or try another --seed"
+        raise UserError(f"{', '.join(cfg.sources)}: class {name} cannot be split: its {units} units ({what}) "
+                        f"give no {' and no '.join(lacking)} images; {fix}. Nothing was written to {cfg.out}")
 
 
 def place(source: str) -> str:
@@ -373,9 +399,10 @@ def _previous_splits(cfg: Config, carves_test: bool) -> tuple[dict[tuple[str, st
         ours = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
         if carves_test and manifest.splits.get("test_fraction") is not None:
             theirs["test_fraction"], ours["test_fraction"] = manifest.splits["test_fraction"], cfg.test_fraction
-        if rule != splits.RULE:
+        if rule not in splits.EXTENDABLE:
             raise UserError(f"--extends {cfg.extends}: its splits were assigned by {rule or 'a seeded shuffle'}, "
-                            f"not {splits.RULE}, so they cannot be kept; ingest it again with this version first")
+                            f"not {' or '.join(splits.EXTENDABLE)}, so they cannot be kept; ingest it again with "
+                            "this version first")
         if theirs != ours:
             differ = ", ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if theirs[k] != ours[k])
             raise UserError(f"--extends {cfg.extends}: split settings differ ({differ}); use the same ones")
@@ -437,10 +464,12 @@ def _write(tmp, cfg: Config, settings: Settings, items: list[Item], results: dic
         splits={"rule": splits.RULE, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction if carved_test else None, "test_carved_from": carved_test,
                 "method": "by content: each unit (a duplicate group, joined with every image of the same "
-                          "patient key) gets its split from the sha256 of the seed and its anchor's pixel hash, so "
-                          "adding images never moves an old one; a unit is never split across train/val/test, "
-                          "except by a test folder or by --extends keeping each old copy where it was (listed as "
-                          "cross_split duplicate groups)",
+                          "patient key) gets its split from the sha256 of the seed and its anchor's pixel hash; a "
+                          "class that draws no val or test unit gets its smallest-position unit there (reserved); "
+                          "adding units moves an old one only out of a reserve, toward train; a unit is never split "
+                          "across train/val/test, except by a test folder or by --extends keeping each old copy "
+                          "where it was (listed as cross_split duplicate groups)",
+                "reserved": [{"class": name, "split": split} for name, split in plan.reserved],
                 **({"extends": plan.extends} if plan.extends else {})},
         duplicates=_duplicates_section(cfg, items, results, plan),
         quarantine=[e.to_json() for e in sorted(quarantined)],
