@@ -8,6 +8,9 @@ import hmac
 import json
 import logging
 import stat
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -152,6 +155,21 @@ def test_a_salt_file_made_once_mode_600_gives_the_same_patient_splits_run_after_
     with caplog.at_level(logging.WARNING):
         run([src], tmp_path / "three")
     assert "can be read by others (mode 644): chmod 600 it" in caplog.text
+
+
+def test_ingests_started_together_agree_on_one_salt(tmp_path, monkeypatch):
+    """Each makes the file if it is missing, by linking a whole temporary file into place: whoever links
+    first wins, and every other process reads that one salt (no half-written file, no second salt)."""
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    code = ("import sys, time; from entropy_ft.data.patients import load_salt; "
+            "time.sleep(max(0, float(sys.argv[1]) - time.time())); s = load_salt(); print(s.origin, s.value.decode())")
+    start = str(time.time() + 2)
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    answers = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert answers == {f"salt file {salt_file().read_text().strip()}"}
+    assert [p.name for p in salt_file().parent.iterdir()] == ["patient-salt"]  # no temporary file left
 
 
 def test_a_class_too_small_to_split_exits_2_at_ingest_naming_it(tmp_path, monkeypatch, capsys):
