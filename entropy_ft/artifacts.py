@@ -310,6 +310,7 @@ class Evaluation(Artifact, file="eval.json", producer="evaluate"):
     noise: list[dict]  # {sigma, accuracy, macro_f1, balanced_accuracy, per_class_recall, confusion_matrix}
     gradcam: dict | None = None  # per_class, seed, layer, images: the test images the Grad-CAM figure shows
     external: dict | None = None  # --data: source, class mapping, unknown and missing classes, duplicates, unseen
+    synthetic: str | None = None  # the phantoms' source (synthetic:N) when the data is not scans
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,10 @@ from pathlib import Path
 from entropy_ft.artifacts import Evaluation
 from entropy_ft.plots import image_grid, line_figure, png_bytes, write_report
 
+SYNTHETIC_NOTE = ("Synthetic data ({source}): phantoms drawn by entropy-ft, not scans, so these scores show the "
+                  "pipeline working, not how a model does on MRI. The same pipeline on a real archive: "
+                  "entropy-ft run --data brain-tumor-mri-kaggle.zip (docs/ingestion.md).")
+
 
 def write(out_dir: Path, report: Evaluation, samples: list[dict]) -> dict[str, str]:
     """eval.html (inline SVG and a table) and eval.png: accuracy and macro-F1 against sigma; with Grad-CAM
@@ -29,6 +33,8 @@ def write(out_dir: Path, report: Evaluation, samples: list[dict]) -> dict[str, s
     )
     notes = [f"Model {report.model}, {report.num_images} {report.split} images, noise seed {report.seed}. "
              "Brackets: 95% confidence intervals (bootstrap over images; Wilson intervals for the per-class rates)."]
+    if report.synthetic:
+        notes.insert(0, SYNTHETIC_NOTE.format(source=report.synthetic))
     table = (["sigma", "accuracy", "macro-F1", "balanced accuracy", "ECE"],
              [[f"{r['sigma']:g}", *(_with_ci(r[m], (r.get("ci") or {}).get(m))
                                    for m in ("accuracy", "macro_f1", "balanced_accuracy")),

@@ -84,6 +84,7 @@ def run(cfg: Config) -> dict:
         classes = list(meta.classes)
         if cfg.data:
             images, data_sha, report_extra = _external(cfg, meta, stack)
+            synthetic = None
             loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
             sources = images.sources
         else:
@@ -97,6 +98,7 @@ def run(cfg: Config) -> dict:
             if len(loader.dataset) == 0:
                 raise UserError(f"{cfg.dataset}: the {cfg.split} split has no images")
             images, data_sha, report_extra = loader.dataset, manifest_sha256(root), None
+            synthetic = next((s["uri"] for s in manifest.sources or [] if s.get("layout") == "synthetic"), None)
             sources = read_split(root, cfg.split, columns=["source"]).column("source").to_pylist()
         clean = predict(model, loader, device, desc="sigma 0")
         rows = noise_robustness(model, loader, classes, sigmas, cfg.seed, device, meta.temperature, clean)
@@ -104,7 +106,7 @@ def run(cfg: Config) -> dict:
         if report_extra is not None:
             report_extra["unseen"] = _unseen_scores(clean, report_extra.pop("matched"), classes)
         report = eval_report(cfg, meta, classes, data_sha, len(images), rows, samples,
-                             target_layer(model, meta.arch)[0], report_extra)
+                             target_layer(model, meta.arch)[0], report_extra, synthetic)
     with storage.output_dir(cfg.out) as tmp:
         report.write(str(tmp))
         pages.write(tmp, report, samples)
@@ -235,8 +237,8 @@ def _gradcam(cfg: Config, model, meta: ModelMeta, images, clean, device, sources
 
 
 def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str, num_images: int,
-                rows: list[dict], samples: list[dict], layer: str | None, external_section: dict | None = None
-                ) -> Evaluation:
+                rows: list[dict], samples: list[dict], layer: str | None, external_section: dict | None = None,
+                synthetic: str | None = None) -> Evaluation:
     """eval.json: the sigma-0 metrics at top level, one row per sigma under ``noise``, which images
     the Grad-CAM figure shows and, for external data, how its classes map and what copies training images."""
     clean = next(r for r in rows if r["sigma"] == 0.0)
@@ -263,4 +265,5 @@ def eval_report(cfg: Config, meta: ModelMeta, classes: list[str], data_sha: str,
              "predicted": classes[s["predicted"]], "probability": s["probability"], "correct": s["correct"]}
             for s in samples]} if cfg.gradcam else None,
         external=external_section,
+        synthetic=synthetic,
     )
