@@ -274,6 +274,41 @@ def test_gate_decides_head_to_head_on_the_same_images(server_env, model_dir, tra
     assert gate_aliases()["champion"] == forced["version"]
 
 
+def test_two_register_steps_at_once_decide_one_after_the_other(server_env, model_dir, trained_model_dir, gate_data,
+                                                               tmp_path, capfd):
+    """A scheduled run and a manual submit finish together: two `entropy-ft register` processes started at
+    once against one champion. The registry lock makes them decide in turn, so the second compares with what
+    the first left, the better model ends as champion, and each version's tags say what it decided against."""
+    client = tracking.connect()
+    name = ["--model-name", "race-test", "--dataset", str(gate_data)]
+    code, first, err = register(capfd, model_dir, write_eval(tmp_path / "e0.json", 0.3), *name)
+    assert code == 0 and first["promoted"], err
+
+    def start(model: Path, eval_name: str) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "entropy_ft.cli", "register", str(model), "--eval",
+                write_eval(tmp_path / eval_name, 0.5), *name]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "ENTROPY_FT_NO_PROGRESS": "1"})
+
+    procs = [start(trained_model_dir, "better.json"), start(model_dir, "tie.json")]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    better, tie = results
+    assert better["promoted"] and not tie["promoted"], (better["reason"], tie["reason"])
+    assert dict(client.get_registered_model("race-test").aliases)["champion"] == better["version"]
+    first_to_decide, second = sorted(results, key=lambda r: int(r["version"]))
+    assert first_to_decide["champion_before"] == first["version"]  # versions are made under the lock, in turn
+    assert second["champion_before"] == (first_to_decide["version"] if first_to_decide["promoted"]
+                                         else first["version"])
+    for r in results:
+        tags = client.get_model_version("race-test", r["version"]).tags
+        assert tags["entropy_ft.gate.champion_before"] == r["champion_before"]
+        assert tags["entropy_ft.gate.promoted"] == str(r["promoted"]).lower()
+
+
 def test_bad_gate_flags_exit_2(server_env, model_dir, tmp_path, capfd):
     eval_uri = write_eval(tmp_path / "e.json", 0.5)
     code, _, err = register(capfd, model_dir, eval_uri, "--gate-alpha", "2")

@@ -22,6 +22,7 @@ from entropy_ft.options import Options, below, between, fraction, option
 from entropy_ft.reports import flatten_numbers, model_card
 from entropy_ft.tracking import registry
 from entropy_ft.tracking import runs as tracking
+from entropy_ft.tracking.gate_lock import gate_lock
 
 DATASET_TAG = registry.TAG_PREFIX + "dataset_uri"  # on every version: its data, for the next run's drift report
 
@@ -132,40 +133,43 @@ def _register(cfg: Config, metric: registry.GateMetric, evaluation: dict, meta: 
                                         dataset.origin.sha256)
         _log_siblings(run_id, Evaluation.file_in(cfg.eval), "eval.png", "gradcam.png", "eval.html")
         value = registry.metric_value(evaluation, metric)
-        champion_before = registry.champion_version(client, cfg.model_name)
-        seed = int(evaluation.get("seed") or 0)
-        comparisons, unavailable, drift = {}, None, None
-        if champion_before is not None:
-            with tempfile.TemporaryDirectory(prefix="entropy-ft-champion-") as tmp:
-                try:
-                    champion_dir = registry.download_model_dir(cfg.model_name, champion_before, Path(tmp))
-                except (UserError, OSError) as exc:
-                    champion_dir, unavailable = None, f"its model could not be loaded ({exc})"
-                if champion_dir is not None and cfg.promote == "better":
-                    comparisons, unavailable = _head_to_head(metric, Path(model_dir), champion_before, champion_dir,
-                                                             gate_data, seed)
-                drift = _drift(cfg, client, champion_before, champion_dir, data_uri, seed)
-            _log_drift(run_id, drift)
-        comparison = comparisons.get(metric.sigma)
-        decision = registry.decide(cfg.promote, champion_before, comparison,
-                                   [c for s, c in comparisons.items() if s != metric.sigma],
-                                   min_delta=cfg.gate_min_delta, alpha=cfg.gate_alpha, unavailable=unavailable)
-        champion_value = comparison.champion if comparison else None
         from entropy_ft.tracking import serving  # imports mlflow.pyfunc: only when registering, not on every CLI start
 
         info = serving.log_pyfunc(model_dir, meta)
-        extra = {"arch": meta["arch"], "strategy": str((selection or {}).get("strategy")),
-                 "data_manifest_sha256": str(meta.get("data_manifest_sha256")), **drift_tags(drift),
-                 **({"dataset_uri": durable} if durable else {})}
-        tags = registry.version_tags(metrics, metric, value, decision, champion_before, comparison, extra)
-        version = registry.create_version(client, cfg.model_name, info.model_uri, tags)
-        gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
-                "promoted": decision.promote, "reason": decision.reason}
-        card = model_card(cfg.model_name, version, meta, evaluation, gate, drift, *(
-            (dataset.to_json(), durable, dataset.origin.sha256) if dataset is not None else ()))
-        client.update_model_version(cfg.model_name, version, description=tracking.redact(card))
-        tracking.set_description(run_id, card)
-        registry.set_aliases(client, cfg.model_name, version, decision.promote)
+        # from reading the champion to moving the aliases, one registration of this model at a time
+        with gate_lock(client, cfg.model_name) as lock:
+            champion_before = registry.champion_version(client, cfg.model_name)
+            seed = int(evaluation.get("seed") or 0)
+            comparisons, unavailable, drift = {}, None, None
+            if champion_before is not None:
+                with tempfile.TemporaryDirectory(prefix="entropy-ft-champion-") as tmp:
+                    try:
+                        champion_dir = registry.download_model_dir(cfg.model_name, champion_before, Path(tmp))
+                    except (UserError, OSError) as exc:
+                        champion_dir, unavailable = None, f"its model could not be loaded ({exc})"
+                    if champion_dir is not None and cfg.promote == "better":
+                        comparisons, unavailable = _head_to_head(metric, Path(model_dir), champion_before,
+                                                                 champion_dir, gate_data, seed)
+                    drift = _drift(cfg, client, champion_before, champion_dir, data_uri, seed)
+                _log_drift(run_id, drift)
+            comparison = comparisons.get(metric.sigma)
+            decision = registry.decide(cfg.promote, champion_before, comparison,
+                                       [c for s, c in comparisons.items() if s != metric.sigma],
+                                       min_delta=cfg.gate_min_delta, alpha=cfg.gate_alpha, unavailable=unavailable)
+            champion_value = comparison.champion if comparison else None
+            extra = {"arch": meta["arch"], "strategy": str((selection or {}).get("strategy")),
+                     "data_manifest_sha256": str(meta.get("data_manifest_sha256")), **drift_tags(drift),
+                     **({"dataset_uri": durable} if durable else {})}
+            tags = registry.version_tags(metrics, metric, value, decision, champion_before, comparison, extra)
+            version = registry.create_version(client, cfg.model_name, info.model_uri, tags)
+            gate = {"gate_metric": str(metric), "value": value, "champion_before": champion_before,
+                    "promoted": decision.promote, "reason": decision.reason}
+            card = model_card(cfg.model_name, version, meta, evaluation, gate, drift, *(
+                (dataset.to_json(), durable, dataset.origin.sha256) if dataset is not None else ()))
+            client.update_model_version(cfg.model_name, version, description=tracking.redact(card))
+            tracking.set_description(run_id, card)
+            lock.check()
+            registry.set_aliases(client, cfg.model_name, version, decision.promote)
     champion = version if decision.promote else champion_before
     return {
         "model_name": cfg.model_name,
