@@ -191,7 +191,11 @@ def output_dir(uri: str) -> Iterator[Path]:
     if is_s3(uri):
         with tempfile.TemporaryDirectory(prefix="entropy-ft-out-") as tmp:
             yield Path(tmp)
-            upload_dir(Path(tmp), uri)
+            try:
+                upload_dir(Path(tmp), uri)
+            except Exception as exc:  # botocore raises many kinds, after its own retries
+                raise UserError(f"{uri}: the upload to S3 failed part-way ({short(exc)}); what is there is no "
+                                "complete artifact and no step will read it; run this step again") from exc
         return
     final = Path(uri).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -212,11 +216,23 @@ def output_dir(uri: str) -> Iterator[Path]:
 
 
 def upload_dir(local: Path, uri: str) -> None:
-    """Upload a directory tree under an S3 prefix, then delete keys that the tree no longer has."""
+    """Upload a directory tree under an S3 prefix so that no reader takes a half-written one for whole.
+
+    S3 cannot rename a prefix, so the artifact's record (its top-level JSON: manifest.json,
+    model.json, eval.json, ...) is the commit: an earlier record there is deleted first, the other
+    files go up, the new record last, and only then are keys the tree no longer has deleted. A
+    failure part-way (a dropped connection, a killed pod) leaves a prefix with no record, which
+    every step refuses ("not a dataset", "no model.json"); an earlier artifact there is gone, never
+    mixed with the new one. Readers also check each shard against the record's sha256.
+    """
     loc = S3Location.parse(uri)
     client = s3_client()
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    records = [p for p in files if p.parent == local and p.suffix == ".json"]
+    for path in records:
+        client.delete_object(Bucket=loc.bucket, Key=loc.join(path.name).key)
     wanted = set()
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+    for path in [p for p in files if p not in records] + records:
         key = loc.join(path.relative_to(local).as_posix()).key
         wanted.add(key)
         client.upload_file(str(path), loc.bucket, key)

@@ -168,8 +168,29 @@ def read_split(root: str | Path, split: str, columns: Iterable[str] | None = Non
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     manifest = load_manifest(root)
-    paths = [Path(root) / s["path"] for s in manifest.shards if s["split"] == split]
-    if not paths:
+    shards = [s for s in manifest.shards if s["split"] == split]
+    if not shards:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
-    tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in paths]
+    for shard in shards:
+        _check_shard(Path(root), shard)
+    tables = [pq.read_table(Path(root) / s["path"], columns=list(columns) if columns else None) for s in shards]
     return pa.concat_tables(tables)
+
+
+_checked: set[tuple[str, int, int, str]] = set()  # (path, size, mtime_ns, sha256) already hashed by this process
+
+
+def _check_shard(root: Path, shard: dict) -> None:
+    """A shard is read only if it is the file the manifest lists (its sha256): a truncated upload, or an
+    earlier run's shard of the same name left beside a newer manifest, is refused, not read as data."""
+    path = root / shard["path"]
+    if not path.is_file():
+        raise UserError(f"{root}: shard {shard['path']} that the manifest lists is missing; ingest again")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, shard["sha256"])
+    if key in _checked:
+        return
+    if sha256_file(path) != shard["sha256"]:
+        raise UserError(f"{root}: shard {shard['path']} is not the one the manifest lists (its sha256 differs: "
+                        "truncated, or left by another run); ingest again")
+    _checked.add(key)

@@ -1,0 +1,162 @@
+"""Faults against real servers and processes: an S3 endpoint that drops its connections part-way
+through an upload, a dataset shard that is not the one its manifest lists, and a fine-tune killed
+with SIGKILL. Nothing half-written is ever read as complete, and a rerun recovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from imagefiles import imagefolder, write_tree
+from safetensors.torch import load_file
+from selection_factory import write_selection
+
+from entropy_ft import cli, storage
+from entropy_ft.data.format import load_manifest, read_split
+from entropy_ft.errors import UserError
+from entropy_ft.model.model_dir import WEIGHTS_FILE
+
+FAST = ["--image-size", "32", "--workers", "1"]
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target`` that forwards ``budget`` bytes of requests, then
+    cuts every open connection and refuses new ones: an endpoint that goes away mid-upload."""
+
+    def __init__(self, target: str, budget: int):
+        url = urlparse(target)
+        self.target, self.budget, self.sent, self.cut = (url.hostname, url.port), budget, 0, False
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.cut:
+                conn.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(conn, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if counted:
+                    with self.lock:
+                        self.sent += len(data)
+                        self.cut = self.cut or self.sent > self.budget
+                if self.cut:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def dataset_keys(client, prefix: str) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket="faults", Prefix=prefix).get("Contents", [])}
+
+
+def test_an_upload_cut_part_way_leaves_no_dataset_a_step_accepts_and_a_rerun_recovers(s3_endpoint, tmp_path,
+                                                                                      monkeypatch, capsys):
+    s3_endpoint.make_bucket("faults")
+    client = s3_endpoint.client()
+    out = "s3://faults/datasets/weekly"
+    small = write_tree(tmp_path / "week1", imagefolder(6))
+    assert cli.main(["ingest", str(small), "--out", out, *FAST]) == 0
+    with storage.local_copy(out) as local:
+        assert sum(load_manifest(local).totals.values()) == 24
+    capsys.readouterr()
+
+    big = write_tree(tmp_path / "week2", {**imagefolder(6), **imagefolder(60, start=100)})
+    proxy = DroppingProxy(s3_endpoint.url, budget=150_000)  # about half of week 2's shards
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    try:
+        assert cli.main(["ingest", str(big), "--out", out, *FAST]) == 2
+    finally:
+        proxy.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "Traceback" in line or "failed part-way" in line] == [err[-1]]  # one plain line
+    assert "s3://faults/datasets/weekly: the upload to S3 failed part-way" in err[-1]
+    assert "run this step again" in err[-1]
+    assert proxy.cut and proxy.sent > proxy.budget
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint.url)
+    keys = dataset_keys(client, "datasets/weekly/")
+    assert keys and "datasets/weekly/manifest.json" not in keys  # some shards went up, the record did not
+    with storage.local_copy(out) as local, pytest.raises(UserError, match="not a dataset"):
+        load_manifest(local)
+    assert cli.main(["profile", out, "--weights", "none", "--out", str(tmp_path / "p"), "--images", "8"]) == 2
+    assert "not a dataset" in capsys.readouterr().err
+
+    assert cli.main(["ingest", str(big), "--out", out, *FAST]) == 0  # the same step again, the endpoint back
+    with storage.local_copy(out) as local:
+        assert sum(len(read_split(local, s, ["label"])) for s in ("train", "val", "test")) == 4 * 66
+
+
+def test_a_shard_that_is_not_the_one_the_manifest_lists_is_refused(synthetic_dataset, tmp_path):
+    copy = tmp_path / "ds"
+    subprocess.run(["cp", "-r", str(synthetic_dataset), str(copy)], check=True)
+    manifest = load_manifest(copy)
+    shard = next(s for s in manifest.shards if s["split"] == "train")
+    path = copy / shard["path"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a truncated upload
+    with pytest.raises(UserError, match=f"shard {shard['path']} is not the one the manifest lists"):
+        read_split(copy, "train")
+    path.unlink()
+    with pytest.raises(UserError, match="missing; ingest again"):
+        read_split(copy, "train")
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(synthetic_dataset, tmp_path, capsys):
+    """SIGKILL gives no chance to checkpoint: the rerun resumes from the last epoch's checkpoint (written
+    atomically, so never half there) and redoes the lost batches with the same draws."""
+    sel = write_selection(tmp_path / "sel.json", "resnet18", "alternate")
+    common = [str(synthetic_dataset), str(sel), "--epochs", "4", "--patience", "4", "--batch-size", "8",
+              "--seed", "1", "--image-size", "32", "--device", "cpu", "--precision", "fp32"]
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoint" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "entropy_ft.cli", "finetune", *common, "--out", str(out)],
+                            env={**os.environ, "ENTROPY_FT_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ckpt.exists(), "no checkpoint after the first epoch"
+    time.sleep(0.4)  # some batches into the next epoch: they are lost, and redone on resume
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.json").exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert 1 <= state["epoch"] < 4
+
+    assert cli.main(["finetune", *common, "--out", str(out), "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 4
+    assert cli.main(["finetune", *common, "--out", str(tmp_path / "straight")]) == 0
+    resumed = load_file(str(out / WEIGHTS_FILE))
+    straight = load_file(str(tmp_path / "straight" / WEIGHTS_FILE))
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
