@@ -12,13 +12,21 @@ position ``u`` in [0, 1) from the sha256 of ``seed`` and its pixel hash, and fix
 An image's split then depends on its own content and the fractions only. Per-class shares are
 the fractions in expectation (binomial spread, about 1 point at a thousand images a class).
 
+A small class can draw no val or no test unit at all (12 units: about 1 time in 5 for val), so
+``content-hash-v2`` adds a reserve per class (:func:`_reserve`): the smallest-position unit goes
+to test, then to val, where the thresholds drew none. New units can only take a reserve over
+or make it unnecessary, so an old unit leaves a reserve only toward train. A class the reserve
+cannot fill is ingest's to refuse.
+
 Copies of one image (exact or near duplicates, see :mod:`.dedup`) and the images of one patient
 (when a patient key is known) form a unit that is assigned whole, so assignment never creates
 leakage of its own. A patient's images all take the position of the (salted, hashed) patient
 key, so they draw one split together, week after week. A unit goes where its most train-ward
 member's own split says (train before val before test): adding a member can move a unit toward
 train, never toward test. So even without the earlier dataset, no image a champion trained or
-was validated on can land in a later test split. Given the earlier dataset (``previous``), old
+was validated on can land in a later test split, except where a reserve is in play: a new image
+that joins an old unit can pull a class's only test or val unit toward train, and the reserve
+then takes another old unit (``--extends`` rules that out). Given the earlier dataset (``previous``), old
 images keep their recorded split exactly, and new members follow the old members' (most
 train-ward) split, so nothing old moves.
 
