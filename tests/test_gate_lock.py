@@ -26,8 +26,8 @@ def race(server, monkeypatch, name: str, use_lock: bool) -> list[tuple[list[str]
     versions, their scores and the champion after it."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    client = MlflowClient()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # for the contenders, in processes of their own
+    client = MlflowClient(tracking_uri=server.url)  # this process may have had another URI set by an earlier test
     client.create_registered_model(name)
     rounds, scores = [], []
     for r in range(ROUNDS):
@@ -53,7 +53,7 @@ def test_two_registrations_at_once_never_leave_the_weaker_champion(mlflow_server
     from mlflow import MlflowClient
 
     results = race(mlflow_server, monkeypatch, "race-locked", use_lock=True)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=mlflow_server.url)
     champion_before = "none"
     for pair, scores, _, decided in results:
         better = pair[scores.index(max(scores))]
@@ -74,7 +74,7 @@ def test_without_the_lock_the_same_race_crowns_a_weaker_model(mlflow_server, mon
     from mlflow import MlflowClient
 
     results = race(mlflow_server, monkeypatch, "race-unlocked", use_lock=False)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=mlflow_server.url)
     both = sum(all(decided[v]["promoted"] == "true" for v in pair) for pair, _, _, decided in results)
     assert both >= ROUNDS // 2
     final = results[-1]
@@ -86,7 +86,7 @@ def test_a_holder_killed_mid_decision_blocks_the_next_registration_only_until_it
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=mlflow_server.url)
     code = "import sys; from gate_race import hold; hold(sys.argv[1], float(sys.argv[2]))"
     holder = subprocess.Popen([sys.executable, "-c", code, "killed", "3"], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).parent)
