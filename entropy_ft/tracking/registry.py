@@ -10,7 +10,9 @@ model with a worse one, a tie, or one that drew an easier test set.
 
 Order of operations, so that a failure at any point leaves no alias on a half-made version:
 log the model, create the version with all its tags, wait until it is READY, and only then
-set ``challenger`` and (if the gate says so) ``champion``.
+set ``challenger`` and (if the gate says so) ``champion``. From reading the champion to
+setting the aliases, ``register`` holds the model's registry lock
+(:mod:`entropy_ft.tracking.gate_lock`), so two registrations decide in turn.
 """
 
 from __future__ import annotations
