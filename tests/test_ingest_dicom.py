@@ -172,7 +172,9 @@ def test_ingests_started_together_agree_on_one_salt(tmp_path, monkeypatch):
     assert [p.name for p in salt_file().parent.iterdir()] == ["patient-salt"]  # no temporary file left
 
 
-def test_a_class_too_small_to_split_exits_2_at_ingest_naming_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("salt", ["salt-0", "salt-24"])  # salt-24: the two notumor patients draw val and test
+def test_a_class_too_small_to_split_exits_2_at_ingest_naming_it(tmp_path, monkeypatch, capsys, salt):
+    monkeypatch.setenv(SALT_ENV, salt)
     files = pilot_cohort(patients_per_class=12)
     files = {k: v for k, v in files.items() if k.startswith("glioma/") or k.split("/")[1] in ("PILOT-001", "PILOT-003")}
     src = write_tree(tmp_path / "pilot", files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from entropy_ft.data.splits import assign, position, split_at, units
@@ -47,6 +47,7 @@ def sized(smallest: int):
 
 datasets = sized(1)
 complete_ones = sized(20)  # big enough that most draws give every split (ingest exits 2 otherwise)
+large_ones = sized(40)  # and where the reserve is rarely in play (the test that excludes it filters less)
 
 
 @settings(max_examples=200, deadline=None)
@@ -183,8 +184,8 @@ def test_new_copies_follow_the_old_image_not_the_other_way_round():
     assert fresh[:200] == fresh[200:]
 
 
-@settings(max_examples=200, deadline=None)
-@given(old=complete_ones, new=datasets, seed=st.integers(0, 3))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(old=large_ones, new=datasets, seed=st.integers(0, 3))
 def test_without_the_earlier_dataset_no_train_or_val_image_ever_moves_into_test(old, new, seed):
     """The gate's fairness needs exactly this: a champion's training and val images never reach a later
     test split, even when new copies join (and merge) old duplicate groups."""

@@ -359,11 +359,11 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
 
 def _check_every_class_split(cfg: Config, class_of: list[str], split_of: list[str], unit_of: np.ndarray,
                              fixed: list[str | None], by_patient: bool) -> None:
-    """Exit 2 before anything is written when a class has no val or no test images: a model selected or
-    tested without one class has never been checked on it, and finetune would fail much later."""
+    """Exit 2 before anything is written when a class has no train, val or test images: a model never trained,
+    selected or tested on one class has never been checked on it, and finetune would fail much later."""
     for name in sorted(set(class_of)):
         mine = [j for j, c in enumerate(class_of) if c == name]
-        lacking = [s for s in ("val", "test") if s not in {split_of[j] for j in mine}]
+        lacking = [s for s in SPLITS if s not in {split_of[j] for j in mine}]
         if not lacking:
             continue
         units = len({int(unit_of[j]) for j in mine})
