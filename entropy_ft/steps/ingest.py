@@ -305,7 +305,8 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
     patient_of = [items[i].patient for i in kept]
     places = [place(n) for n in names]
     unit_of = splits.units(comp, patient_of)
-    assignment = splits.assign(pixel_shas, [items[i].candidate.split for i in kept], unit_of,
+    fixed = [items[i].candidate.split for i in kept]
+    assignment = splits.assign(pixel_shas, fixed, unit_of,
                                seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                previous=previous, places=places, patient_of=patient_of, class_of=class_of)
     split_of = assignment.split_of
@@ -329,8 +330,7 @@ def _plan(cfg: Config, items: list[Item], kept: list[int], results: dict) -> Pla
                         "only test images")
 
     if not cfg.external:
-        _check_every_class_split(cfg, class_of, split_of, unit_of, [items[i].candidate.split for i in kept],
-                                 any(patient_of))
+        _check_every_class_split(cfg, class_of, split_of, unit_of, fixed, any(patient_of))
     comps = dedup.component_members(comp)
     crossing = [m for m in comps if len({split_of[j] for j in m}) > 1]
     conflicts = [m for m in comps if len({class_of[j] for j in m}) > 1]
