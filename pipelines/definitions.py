@@ -29,8 +29,9 @@ from entropy_ft.components.profile import profile
 from entropy_ft.components.register import register
 from entropy_ft.components.select import select
 from entropy_ft.errors import UserError
+from entropy_ft.model.archs import backbone
 from entropy_ft.options import Option, csv, option_of, show
-from entropy_ft.selection.rules import DEFAULT_RULE
+from entropy_ft.selection.rules import DEFAULT_RULE, parse_rule, rule_problem
 from entropy_ft.steps import evaluate as evaluate_step
 from entropy_ft.steps import finetune as finetune_step
 from entropy_ft.steps import ingest as ingest_step
@@ -157,6 +158,10 @@ def arguments_from_args(args: argparse.Namespace, pipeline: str) -> dict:
         if given is not None:
             p.check(given)
         arguments[p.name] = p.pipeline_default if given is None else given
+    if "rule" in arguments and "arch" in arguments:  # a stage rule needs an architecture with stages
+        structure = backbone(arguments["arch"], 2)
+        if problem := rule_problem(parse_rule(arguments["rule"]), structure.arch, structure.stages):
+            raise UserError(problem)
     return arguments
 
 

@@ -251,3 +251,15 @@ def test_local_ablation_runs_branches_one_at_a_time_and_the_cluster_in_parallel(
     for spec, limit in ((yaml.safe_load(open(tmp_path / "local.yaml")), 1), (compiled["ablation"][1], None)):
         loop = next(t for t in _tasks(spec).values() if "parameterIterator" in t)
         assert loop.get("iteratorPolicy", {}).get("parallelismLimit") == limit
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--arch", "squeezenet1_1", "--rule", "stage-budget:0.5"], "--rule stage-budget:0.5: squeezenet1_1 has no stages"),
+    (["--rule", "budget:0"], "--rule 'budget:0': F must be in (0, 1]"),
+    (["--rule", "deep"], "--rule 'deep': unknown rule"),
+])
+def test_run_with_a_rule_the_architecture_cannot_take_exits_2_before_any_task(argv, message, tmp_path, capsys):
+    assert main(["run", "--root", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

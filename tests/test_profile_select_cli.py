@@ -177,7 +177,11 @@ def test_head_selection_trains_only_the_head(profiled, tmp_path):
         (["profile", "{data}", "--arch", "resnet18", "--weights", "none", "--bins", "1", "--out", "{tmp}/p"],
          "--bins 1"),
         (["select", "{profile}", "--strategy", "entropy", "--rule", "quantile:1.5", "--out", "{tmp}/s"],
-         "'quantile:1.5': Q must be between 0 and 1"),
+         "'quantile:1.5': Q must be in (0, 1]"),
+        (["select", "{profile}", "--strategy", "entropy", "--rule", "budget:0", "--out", "{tmp}/s"],
+         "'budget:0': F must be in (0, 1]"),
+        (["select", "{profile}", "--strategy", "random", "--rule", "stage-budget:1.5", "--out", "{tmp}/s"],
+         "'stage-budget:1.5': F must be in (0, 1]"),
         (["select", "{profile}", "--strategy", "entropy", "--rule", "budget:x", "--out", "{tmp}/s"],
          "'budget:x': F must be a number"),
         (["select", "{profile}", "--strategy", "entropy", "--rule", "foo", "--out", "{tmp}/s"], "'foo': unknown rule"),
@@ -200,6 +204,28 @@ def test_bad_input_exits_2_with_its_message(argv, message, synthetic_dataset, pr
     assert message in captured.err
     assert captured.out == ""
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_stage_rule_spreads_the_selection_over_depth_and_is_refused_without_stages(
+        profiled, synthetic_dataset, tmp_path, capsys, caplog):
+    summary = select.run(select.Config(profile=str(profiled), rule="stage-budget:0.5", out=str(tmp_path / "st")))
+    data = json.loads((tmp_path / "st" / "selection.json").read_text())
+    assert data["rule"] == "stage-budget:0.5" and summary["rule"] == "stage-budget:0.5"
+    assert {name.split(".")[0] for name in data["layers"]} == {"layer1", "layer2", "layer3", "layer4"}
+    html = (tmp_path / "st" / "selection.html").read_text()
+    assert "Where they sit in depth" in html and "layer4 " in html
+    assert "by depth: stem 0/1, layer1 2/4 (50% of its parameters), layer2 " in caplog.text
+
+    assert main(["profile", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--images", "8",
+                 "--out", str(tmp_path / "sq")]) == 0
+    capsys.readouterr()
+    for rule in ("stage-below-mean", "stage-budget:0.5"):
+        assert main(["select", str(tmp_path / "sq"), "--rule", rule, "--out", str(tmp_path / "sq-sel")]) == 2
+        err = capsys.readouterr().err
+        assert f"--rule {rule}: squeezenet1_1 has no stages" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "sq-sel").exists()
+    assert main(["select", str(tmp_path / "sq"), "--rule", "budget:0.5", "--out", str(tmp_path / "sq-sel")]) == 0
+    assert "by depth: first third " in caplog.text
 
 
 def test_console_script_profiles_and_selects_end_to_end(synthetic_dataset, tmp_path):

@@ -7,8 +7,16 @@ import random
 import pytest
 
 from entropy_ft.errors import UserError
+from entropy_ft.model.archs import backbone
 from entropy_ft.model.factory import build_model, measure_backbone
-from entropy_ft.selection.rules import Rule, parse_rule, select_by_entropy, select_random, strategy_layers
+from entropy_ft.selection.rules import (
+    Rule,
+    parse_rule,
+    rule_problem,
+    select_by_entropy,
+    select_random,
+    strategy_layers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +68,84 @@ def test_quantile_picks_the_lowest_fraction(entropy, costs):
     assert len(chosen) == 5  # 25% of resnet18's 20 backbone convs
     assert max(entropy[n] for n in chosen) < min(entropy[n] for n in entropy if n not in chosen)
     assert list(chosen) == [n for n in entropy if n in chosen]  # forward order
-    assert select_by_entropy(entropy, costs, parse_rule("quantile:0")) == []
+    assert select_by_entropy(entropy, costs, parse_rule("quantile:0.01")) == []
     assert select_by_entropy(entropy, costs, parse_rule("quantile:1")) == list(entropy)
 
 
-def test_budget_takes_lowest_entropy_layers_up_to_the_cap(entropy, costs):
+def test_budget_fills_the_cap_with_the_lowest_entropy_layers_that_fit(entropy, costs):
     backbone = sum(costs.values())
-    chosen = select_by_entropy(entropy, costs, parse_rule("budget:0.3"))
-    used = sum(costs[n] for n in chosen)
-    assert used <= 0.3 * backbone
-    rest = sorted((n for n in entropy if n not in chosen), key=entropy.get)
-    assert max(entropy[n] for n in chosen) < entropy[rest[0]]  # a prefix of the entropy order
-    assert used + costs[rest[0]] > 0.3 * backbone  # the next layer would break the cap
+    for share in (0.1, 0.3, 0.5, 0.9):
+        chosen = select_by_entropy(entropy, costs, parse_rule(f"budget:{share}"))
+        used = sum(costs[n] for n in chosen)
+        assert used <= share * backbone
+        # a layer left out would have passed the cap on top of the lower-entropy layers taken before it
+        rank = {n: (entropy[n], i) for i, n in enumerate(entropy)}
+        for n in (m for m in entropy if m not in chosen):
+            before = sum(costs[m] for m in chosen if rank[m] < rank[n])
+            assert before + costs[n] > share * backbone, (share, n)
+
+
+def test_budget_goes_past_a_layer_too_big_for_what_is_left():
+    """The lowest-entropy layer is too big; the old rule stopped there and trained nothing."""
+    costs = {"big": 100, "a": 10, "b": 10, "c": 10}
+    entropy = {"big": 1.0, "a": 2.0, "b": 3.0, "c": 4.0}
+    assert select_by_entropy(entropy, costs, parse_rule("budget:0.2")) == ["a", "b"]  # cap 26 of 130
+    assert select_by_entropy(entropy, costs, parse_rule("budget:1")) == list(costs)
+
+
+def test_budget_on_resnet18_trains_close_to_its_share():
+    """Issue 22: budget:0.1 trained 1.8% of the backbone when it stopped at the first layer over the cap."""
+    structure = backbone("resnet18", 4)
+    rng = random.Random(0)
+    entropy = {n: rng.uniform(3, 8) for n in structure.costs}
+    total = sum(structure.costs.values())
+    for share in (0.1, 0.25, 0.5, 0.75, 0.9):
+        chosen = select_by_entropy(entropy, structure.costs, parse_rule(f"budget:{share}"))
+        used = sum(structure.costs[n] for n in chosen)
+        smallest_left_out = min(c for n, c in structure.costs.items() if n not in chosen)
+        assert share * total - smallest_left_out < used <= share * total, share
+
+
+def test_stage_below_mean_compares_each_layer_with_its_own_stage():
+    structure = backbone("resnet18", 4)
+    stages = structure.stages
+    # entropy that grows with depth: the global mean picks the early stages whole, the stage mean
+    # picks the lower half of every stage with more than one layer
+    entropy = {n: 10 * list(dict.fromkeys(stages.values())).index(stages[n]) + i % 3 for i, n in enumerate(stages)}
+    by_stage = select_by_entropy(entropy, structure.costs, parse_rule("stage-below-mean"), stages)
+    for stage in dict.fromkeys(stages.values()):
+        members = [n for n in stages if stages[n] == stage]
+        mean = sum(entropy[n] for n in members) / len(members)
+        assert [n for n in by_stage if stages[n] == stage] == [n for n in members if entropy[n] < mean]
+    assert {stages[n] for n in by_stage} == {"layer1", "layer2", "layer3", "layer4"}
+    globally = select_by_entropy(entropy, structure.costs, parse_rule("below-mean"))
+    assert "layer4" not in {stages[n] for n in globally}
+
+
+def test_stage_budget_fills_each_stage_on_its_own_share():
+    structure = backbone("resnet34", 4)
+    stages, costs = structure.stages, structure.costs
+    rng = random.Random(1)
+    entropy = {n: rng.uniform(3, 8) for n in costs}
+    chosen = set(select_by_entropy(entropy, costs, parse_rule("stage-budget:0.5"), stages))
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        members = [n for n in costs if stages[n] == stage]
+        size = sum(costs[n] for n in members)
+        used = sum(costs[n] for n in members if n in chosen)
+        assert 0 < used <= 0.5 * size
+        assert set(select_by_entropy({n: entropy[n] for n in members}, costs, parse_rule("budget:0.5"))) == (
+            chosen & set(members))
+    with pytest.raises(ValueError, match="stages"):
+        select_by_entropy(entropy, costs, parse_rule("stage-budget:0.5"))
+
+
+@pytest.mark.parametrize("arch", ["squeezenet1_0", "squeezenet1_1"])
+def test_stage_rules_name_the_architecture_without_stages(arch):
+    structure = backbone(arch, 4)
+    assert structure.stages is None
+    for text in ("stage-below-mean", "stage-budget:0.5"):
+        assert f"--rule {text}: {arch} has no stages" in rule_problem(parse_rule(text), arch, structure.stages)
+    assert rule_problem(parse_rule("budget:0.5"), arch, None) is None
 
 
 def test_equal_entropies_break_ties_by_forward_order(costs):
@@ -80,23 +154,32 @@ def test_equal_entropies_break_ties_by_forward_order(costs):
     assert select_by_entropy(flat, costs, Rule("below-mean")) == []
 
 
-def test_random_is_reproducible_and_matches_the_budget_within_one_layer(entropy, costs):
-    budget = sum(costs[n] for n in select_by_entropy(entropy, costs, parse_rule("below-mean")))
-    first = select_random(costs, budget, seed=3)
-    assert select_random(costs, budget, seed=3) == first
-    assert len({tuple(select_random(costs, budget, seed=s)) for s in range(5)}) > 1
-    used = sum(costs[n] for n in first)
-    assert used <= budget
-    assert budget - used < min(costs[n] for n in costs if n not in first)
+def test_random_is_reproducible_and_matches_the_parameter_count(entropy, costs):
+    """Matched on parameters, not layers: within 0.1% of resnet18's backbone, where one draw that
+    stops at the first layer that does not fit falls up to a 2.4M-parameter conv short."""
+    total = sum(costs.values())
+    one_draw = []
+    for rule in ("below-mean", "budget:0.25", "budget:0.5", "budget:0.9", "quantile:0.3"):
+        budget = sum(costs[n] for n in select_by_entropy(entropy, costs, parse_rule(rule)))
+        one_draw += [budget - sum(costs[n] for n in select_random(costs, budget, seed=s, draws=1)) for s in range(20)]
+        first = select_random(costs, budget, seed=3)
+        assert select_random(costs, budget, seed=3) == first
+        assert len({tuple(select_random(costs, budget, seed=s)) for s in range(5)}) > 1
+        used = sum(costs[n] for n in first)
+        assert budget - 0.001 * total <= used <= budget, rule
+    assert max(one_draw) > 0.05 * total  # what a single draw leaves, and why several are drawn
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("quantile:1.5", "Q must be between 0 and 1"),
+        ("quantile:1.5", r"Q must be in \(0, 1\]"),
         ("budget:x", "F must be a number"),
-        ("budget:-0.1", "F must be between 0 and 1"),
-        ("quantile:nan", "Q must be between 0 and 1"),
+        ("budget:-0.1", r"F must be in \(0, 1\]"),
+        ("budget:0", r"F must be in \(0, 1\]"),
+        ("stage-budget:1.01", r"F must be in \(0, 1\]"),
+        ("quantile:nan", r"Q must be in \(0, 1\]"),
+        ("stage-below-mean:0.5", "unknown rule"),
         ("foo", "unknown rule"),
         ("quantile", "unknown rule"),
         ("below-mean:2", "unknown rule"),
@@ -109,8 +192,9 @@ def test_bad_rules_are_user_errors(text, message):
 
 
 def test_rules_round_trip_to_text():
-    assert [str(parse_rule(t)) for t in ("below-mean", "quantile:0.50", "budget:.3")] == [
-        "below-mean", "quantile:0.5", "budget:0.3"]
+    texts = ("below-mean", "quantile:0.50", "budget:.3", "stage-below-mean", "stage-budget:0.75")
+    assert [str(parse_rule(t)) for t in texts] == [
+        "below-mean", "quantile:0.5", "budget:0.3", "stage-below-mean", "stage-budget:0.75"]
 
 
 @pytest.mark.parametrize("arch", ["resnet34", "squeezenet1_0", "squeezenet1_1"])

@@ -110,6 +110,18 @@ HEADS: dict[str, tuple[str, int]] = {
 }
 
 
+def stage_of(arch: str, conv: str) -> str | None:
+    """The stage a conv of ``arch`` belongs to, or None for an architecture without stages.
+
+    A ResNet's stages are its stem (``conv1``) and ``layer1`` to ``layer4``: within one, the
+    feature maps keep their size and width, so entropies compare like with like. SqueezeNet's
+    fire modules change width from one to the next and are not grouped.
+    """
+    if not arch.startswith("resnet"):
+        return None
+    return conv.split(".")[0] if conv.startswith("layer") else "stem"
+
+
 def arch_problem(arch: str) -> str | None:
     """Why ``arch`` is not a supported architecture, or None (the check of every ``--arch``)."""
     return None if arch in CONV_LAYERS else f"unknown architecture {arch!r}; choose one of {', '.join(CONV_LAYERS)}"
@@ -145,6 +157,13 @@ class Backbone:
     head: str
     head_params: int
     total_params: int
+
+    @property
+    def stages(self) -> dict[str, str] | None:
+        """Backbone convs in forward order -> their stage, or None where ``arch`` has no stages."""
+        if stage_of(self.arch, self.convs[0][0]) is None:
+            return None
+        return {conv: stage_of(self.arch, conv) for conv, _, _ in self.convs}
 
     @property
     def costs(self) -> dict[str, int]:

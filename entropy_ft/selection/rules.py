@@ -21,12 +21,16 @@ from entropy_ft.errors import UserError
 STRATEGIES = ("entropy", "full", "head", "random")
 RULED = ("entropy", "random")  # the strategies a rule applies to (random matches its budget)
 DEFAULT_RULE = "below-mean"
-_RULE_HELP = "expected below-mean, quantile:Q or budget:F with Q, F between 0 and 1"
+PLAIN_RULES = ("below-mean", "stage-below-mean")  # rules without a value
+VALUED_RULES = {"quantile": "Q", "budget": "F", "stage-budget": "F"}  # rule -> the name of its value
+STAGE_RULES = ("stage-below-mean", "stage-budget")  # rules that need an architecture with stages
+RULE_HELP = ("below-mean, stage-below-mean, quantile:Q, budget:F or stage-budget:F, with Q and F in (0, 1]")
+RANDOM_DRAWS = 256  # random layer sets drawn per seed; the one closest to the budget is kept
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed entropy rule: ``below-mean``, ``quantile:Q`` or ``budget:F``."""
+    """A parsed entropy rule (:data:`RULE_HELP`); see :func:`select_by_entropy` for what each selects."""
 
     kind: str
     value: float | None = None
@@ -34,34 +38,64 @@ class Rule:
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
+    @property
+    def needs_stages(self) -> bool:
+        return self.kind in STAGE_RULES
+
 
 def parse_rule(text: str) -> Rule:
     """``--rule`` text -> Rule; anything else is a UserError that quotes it."""
     kind, sep, arg = text.strip().partition(":")
-    if kind == DEFAULT_RULE and not sep:
+    if kind in PLAIN_RULES and not sep:
         return Rule(kind)
-    if kind not in ("quantile", "budget") or not sep:
-        raise UserError(f"--rule {text!r}: unknown rule; {_RULE_HELP}")
-    name = "Q" if kind == "quantile" else "F"
+    if kind not in VALUED_RULES or not sep:
+        raise UserError(f"--rule {text!r}: unknown rule; expected {RULE_HELP}")
+    name = VALUED_RULES[kind]
     try:
         value = float(arg)
     except ValueError:
-        raise UserError(f"--rule {text!r}: {name} must be a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise UserError(f"--rule {text!r}: {name} must be between 0 and 1")
+        raise UserError(f"--rule {text!r}: {name} must be a number in (0, 1]") from None
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise UserError(f"--rule {text!r}: {name} must be in (0, 1]: above 0, at most 1")
     return Rule(kind, value)
 
 
-def select_by_entropy(entropy: Mapping[str, float], costs: Mapping[str, int], rule: Rule) -> list[str]:
+def rule_problem(rule: Rule, arch: str, stages: Mapping[str, str] | None) -> str | None:
+    """Why ``rule`` cannot select layers of ``arch`` (a stage rule on an architecture without stages), or None."""
+    if rule.needs_stages and stages is None:
+        return (f"--rule {rule}: {arch} has no stages to compare layers within; use below-mean, quantile:Q or "
+                "budget:F")
+    return None
+
+
+def select_by_entropy(
+    entropy: Mapping[str, float], costs: Mapping[str, int], rule: Rule, stages: Mapping[str, str] | None = None
+) -> list[str]:
     """Layers chosen by ``rule``, in the forward order of ``entropy``.
 
-    - below-mean: entropy strictly below the mean over all layers.
+    - below-mean: entropy strictly below the mean over all layers (the paper's rule).
     - quantile:Q: the floor(Q * layers) lowest-entropy layers.
-    - budget:F: lowest-entropy layers first, stopping before the one that would take the
-      total past F of the backbone parameters (a budget is a cap, never exceeded).
+    - budget:F: lowest-entropy layers first, each taken if it still fits in F of the backbone
+      parameters and skipped if it does not, so the budget is filled as far as the layers
+      allow and never exceeded.
+    - stage-below-mean: in each stage (``stages``: layer -> stage), the layers below that stage's
+      mean. Entropy scales with a layer's place in depth, so one global mean picks whole stages;
+      within a stage, "low entropy" means less used than its neighbours.
+    - stage-budget:F: budget:F within each stage, on F of that stage's parameters, so every stage
+      is adapted and none takes the whole budget.
     Ties in entropy go to the earlier layer, so the result is deterministic.
     """
     names = list(entropy)
+    if rule.needs_stages:
+        if stages is None:
+            raise ValueError(f"rule {rule} needs the layers' stages")
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(stages[n], []).append(n)
+        within = Rule(rule.kind.removeprefix("stage-"), rule.value)
+        chosen = {n for group in groups.values() for n in select_by_entropy(
+            {m: entropy[m] for m in group}, costs, within)}
+        return [n for n in names if n in chosen]
     ranked = sorted(names, key=lambda n: (entropy[n], names.index(n)))
     if rule.kind == "below-mean":
         mean = sum(entropy.values()) / len(entropy)
@@ -69,33 +103,44 @@ def select_by_entropy(entropy: Mapping[str, float], costs: Mapping[str, int], ru
     elif rule.kind == "quantile":
         chosen = set(ranked[: math.floor(rule.value * len(names) + 1e-9)])
     elif rule.kind == "budget":
-        cap = rule.value * sum(costs[n] for n in names)
-        chosen, total = set(), 0
-        for n in ranked:
-            if total + costs[n] > cap:
-                break
-            chosen.add(n)
-            total += costs[n]
+        chosen = _fill(ranked, costs, rule.value * sum(costs[n] for n in names))
     else:
         raise ValueError(f"unknown rule kind {rule.kind!r}")
     return [n for n in names if n in chosen]
 
 
-def select_random(costs: Mapping[str, int], budget: int, seed: int) -> list[str]:
-    """Seeded random layers whose cost stays within ``budget`` backbone parameters.
-
-    Layers are visited in a seeded random order and taken whenever they still fit, so
-    the total never exceeds the budget and falls short of it by less than any layer
-    left out: it matches the budget within one layer. Forward order in the result.
-    """
-    names = list(costs)
-    order = random.Random(seed).sample(names, len(names))
+def _fill(order: Sequence[str], costs: Mapping[str, int], cap: float) -> set[str]:
+    """The layers of ``order`` taken one by one while they fit in ``cap`` parameters; one that does not fit
+    is skipped and the next tried."""
     chosen, total = set(), 0
     for n in order:
-        if total + costs[n] <= budget:
+        if total + costs[n] <= cap:
             chosen.add(n)
             total += costs[n]
-    return [n for n in names if n in chosen]
+    return chosen
+
+
+def select_random(costs: Mapping[str, int], budget: int, seed: int, draws: int = RANDOM_DRAWS) -> list[str]:
+    """Seeded random layers whose cost comes as close to ``budget`` backbone parameters as random draws get.
+
+    Each draw visits the layers in a random order and takes each that still fits, so it never
+    exceeds the budget. Of ``draws`` draws from one generator seeded with ``seed``, the one
+    closest to the budget is kept (the first on ties): a single draw can fall short by a whole
+    large layer (a ResNet18's last stage has 2.4M-parameter convs), and a baseline that trains
+    fewer parameters than what it is compared with is no baseline. Forward order in the result.
+    """
+    names = list(costs)
+    rng = random.Random(seed)
+    best: set[str] = set()
+    best_total = -1
+    for _ in range(draws):
+        chosen = _fill(rng.sample(names, len(names)), costs, budget)
+        total = sum(costs[n] for n in chosen)
+        if total > best_total:
+            best, best_total = chosen, total
+        if total == budget:
+            break
+    return [n for n in names if n in best]
 
 
 def strategy_layers(strategy: str, all_layers: Sequence[str]) -> list[str]:

@@ -35,10 +35,11 @@ def bootstrap_indices(units: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def resampled_selections(
-    resampled: Sequence[Mapping[str, float]], costs: Mapping[str, int], rule: Rule
+    resampled: Sequence[Mapping[str, float]], costs: Mapping[str, int], rule: Rule,
+    stages: Mapping[str, str] | None = None,
 ) -> list[list[str]]:
     """The layers ``rule`` selects on each resample's entropies (forward order, as the rule gives them)."""
-    return [select_by_entropy(entropy, costs, rule) for entropy in resampled]
+    return [select_by_entropy(entropy, costs, rule, stages) for entropy in resampled]
 
 
 def selection_counts(selections: Sequence[Sequence[str]], names: Sequence[str]) -> dict[str, int]:

@@ -29,6 +29,7 @@ from entropy_ft.selection.rules import (
     STRATEGIES,
     Rule,
     parse_rule,
+    rule_problem,
     select_by_entropy,
     select_random,
     strategy_layers,
@@ -48,9 +49,10 @@ class Config(Options):
     out: str = option(help="output directory or s3:// prefix (selection.json, selection.html)")
     rule: str | None = option(
         None, check=_rule_problem,
-        help=f"{DEFAULT_RULE} (default), quantile:Q (lowest Q of layers) or budget:F (lowest-entropy layers up to F of "
-             "the backbone parameters); for random, the entropy selection whose budget it matches; full and head take "
-             "no rule")
+        help=f"{DEFAULT_RULE} (default; below the mean over all layers), stage-below-mean (below the mean of the "
+             "layer's stage), quantile:Q (lowest Q of layers), budget:F (lowest-entropy layers filling F of the "
+             "backbone parameters) or stage-budget:F (budget:F within each stage); Q, F in (0, 1]; for random, the "
+             "entropy selection whose parameter count it matches; full and head take no rule")
     stability: float = option(
         0.0, check=between(0, 1, "(a share of resamples; 0 is off)"),
         help="keep only the layers the rule selects in at least this share of the profile's bootstrap resamples "
@@ -101,6 +103,8 @@ def run(cfg: Config) -> dict:
         raise UserError(f"--stability {cfg.stability:g}: {profile.origin.uri} has no bootstrap resamples "
                         "(profile with --bootstrap N, the histogram estimator and at least two batches)")
 
+    if cfg.strategy in RULED and (problem := rule_problem(cfg.parsed_rule, arch, structure.stages)):
+        raise UserError(problem)
     rule: Rule | None = None
     budget: int | None = None
     stability: dict | None = None
@@ -133,11 +137,16 @@ def run(cfg: Config) -> dict:
         selection.write(tmp)
         fig = plots.entropy_figure(profile.layers, selected=layers, title=f"{arch}: {_label(selection)}")
         report = plots.write_report(tmp, "selection", f"Layer selection: {arch}, {_label(selection)}", fig,
-                                    notes=_notes(selection), table=_table(profile.layers, set(layers), frequency),
+                                    notes=_notes(selection, structure),
+                                    table=_table(profile.layers, set(layers), frequency),
                                     sections=[_stability_section(selection)] if stability else [])
     log.info("%s: %d of %d conv layers, %s trainable parameters (%.1f%% fewer than full fine-tuning)",
              _label(selection), len(layers), len(costs), f"{selection.trainable_params:,}",
              100 * selection.reduction_vs_full)
+    log.info("by depth: %s", depth_text(layers, structure))
+    if budget is not None:
+        log.info("random matched %s of a %s-parameter budget (%s short)", f"{selection.trainable_params:,}",
+                 f"{budget:,}", f"{budget - selection.trainable_params:,}")
     if stability:
         log.info("over %d bootstrap resamples: %s", stability["resamples"], _spread_text(stability))
     return {
@@ -167,11 +176,12 @@ def _by_entropy(
     """The layers ``rule`` selects on the profile, or with ``threshold`` > 0 those it selects in at
     least that share of the bootstrap resamples; and what the resamples say about the rule
     (selection.json's ``stability``; None for a profile without resamples)."""
-    costs = structure.costs
+    costs, stages = structure.costs, structure.stages
     if resampled is None:
-        return select_by_entropy(entropy, costs, rule), None
-    selections = resampled_selections(resampled, costs, rule)
-    layers = stable_layers(selections, list(costs), threshold) if threshold else select_by_entropy(entropy, costs, rule)
+        return select_by_entropy(entropy, costs, rule, stages), None
+    selections = resampled_selections(resampled, costs, rule, stages)
+    layers = (stable_layers(selections, list(costs), threshold) if threshold
+              else select_by_entropy(entropy, costs, rule, stages))
     return layers, {"threshold": threshold or None, **summarize(selections, structure)}
 
 
@@ -218,11 +228,36 @@ def _stability_section(selection: Selection) -> plots.Section:
     return "Stability over bootstrap resamples", fig, notes
 
 
-def _notes(selection: Selection) -> list[str]:
+def depth_groups(layers: list[str], structure: Backbone) -> list[tuple[str, int, int, int, int]]:
+    """Where a selection sits in depth: per stage (or per third of the convs, for an architecture
+    without stages), its name, selected and all convs, and selected and all parameters."""
+    names = list(structure.costs)
+    stages = structure.stages or {n: ("first", "middle", "last")[3 * i // len(names)] + " third"
+                                  for i, n in enumerate(names)}
+    chosen = set(layers)
+    groups: dict[str, list[int]] = {}
+    for n in names:
+        g = groups.setdefault(stages[n], [0, 0, 0, 0])
+        g[0] += n in chosen
+        g[1] += 1
+        g[2] += structure.costs[n] if n in chosen else 0
+        g[3] += structure.costs[n]
+    return [(name, *counts) for name, counts in groups.items()]
+
+
+def depth_text(layers: list[str], structure: Backbone) -> str:
+    """One line of :func:`depth_groups`: ``stem 0/1, layer1 2/4 (50% of its parameters), ...``."""
+    return ", ".join(f"{name} {k}/{n}" + (f" ({100 * p / total:.0f}% of its parameters)" if 0 < k < n else "")
+                     for name, k, n, p, total in depth_groups(layers, structure))
+
+
+def _notes(selection: Selection, structure: Backbone) -> list[str]:
     return [
         f"{len(selection.layers)} conv layers unfrozen (with their BatchNorms; the head is always trained): "
         f"{selection.trainable_params:,} of {selection.full_params:,} parameters, "
         f"{100 * selection.reduction_vs_full:.2f}% fewer than full fine-tuning.",
+        f"Where they sit in depth, selected of all conv layers per {'stage' if structure.stages else 'third'}: "
+        f"{depth_text(selection.layers, structure)}.",
         f"profile {selection.profile} (sha256 {selection.profile_sha256}), tap {selection.tap}, "
         f"estimator {selection.estimator}.",
     ]
