@@ -317,9 +317,11 @@ def fine_tune_and_score(spec: dict) -> None:
                           device)
     keep = np.array(spec["keep"], dtype=bool)
     scores: dict[str, list[dict]] = {"shipped": [], "dedup": []}
+    predictions: dict[str, list[int]] = {}  # per sigma, the predicted class of every test image, in split order
     for sigma in spec["sigmas"]:  # one prediction pass per sigma; both test sets score the same predictions
         y, logits = predict(model, loader, device, noise_sigma=sigma, generator=noise_generator(spec["seed"], sigma))
         pred = logits.argmax(axis=1)
+        predictions[f"{sigma:g}"] = pred.tolist()
         for name, mask in (("shipped", np.ones_like(keep)), ("dedup", keep)):
             m = classification_metrics(y[mask], pred[mask], classes)
             scores[name].append({"sigma": sigma, "images": int(mask.sum()),
@@ -327,9 +329,10 @@ def fine_tune_and_score(spec: dict) -> None:
                                  "ci": score_cis(y[mask], pred[mask], len(classes), spec["seed"]),
                                  "ece": reliability(softmax(logits[mask], meta.temperature), y[mask])[0],
                                  "ece_uncalibrated": reliability(softmax(logits[mask]), y[mask])[0]})
+    per_image = {"test_labels": y.tolist(), "test_predictions": predictions}  # paired tests on the same images
     if earlier is not None:
         storage.write_json(spec["result"], {**earlier, "test": scores, "temperature": meta.temperature,
-                                            "rescored": True})
+                                            **per_image, "rescored": True})
         return
     selection = Selection.read(spec["selection"])
     # an epoch resumed mid-way was timed over part of its batches; the whole epochs say what one costs, and
@@ -351,7 +354,7 @@ def fine_tune_and_score(spec: dict) -> None:
         "peak_memory_kind": "CUDA max_memory_allocated of the run" if device.type == "cuda" else (
             "max RSS of the one process running every run (cumulative, not per run)" if spec.get("in_process")
             else "max RSS of the run's own process"),
-        "wall_seconds": time.perf_counter() - started, "test": scores,
+        "wall_seconds": time.perf_counter() - started, "test": scores, **per_image,
     }
     storage.write_json(spec["result"], result)
 
