@@ -1,0 +1,381 @@
+"""Which selection rule earns the default: every rule against full fine-tuning and against random layers
+with the same trainable-parameter count, over seeds and over the same test images.
+
+    .venv/bin/python benchmarks/rule_sweep.py            # resnet18, paper.py --cpu's settings, 3 seeds
+    .venv/bin/python benchmarks/rule_sweep.py --plan     # the runs, in order, and which are done
+
+Settings are ``benchmarks/paper.py --cpu``'s (128 px, up to 12 epochs with early stopping, the
+library's default training noise, so noise-robust training is on), and the runs share nothing with
+that grid: they go under ``--cache``/rule-sweep-runs.
+
+Per seed, in this order, so that an interrupted sweep has every rule at the first seed before it
+has any at the second:
+- ``full``, then the paper's ``below-mean`` and a ``random`` draw matched to it;
+- per budget F (``--budgets``, 0.9 first): ``budget:F`` (fill the lowest-entropy layers up to F
+  of the backbone), ``stage-budget:F`` (the same within each ResNet stage) and a random draw
+  matched to each;
+- ``stage-below-mean`` (below the mean of the layer's own stage) and its random match.
+
+Every entropy selection comes from seed 0's profile (as in paper.py's grid); a seed fixes a run's new
+head, data order, augmentation and noise, and random's draw. A random selection matches its rule's
+trainable parameters on this seed (``select --strategy random --budget-from``; within 0.1% of
+the backbone).
+
+Evidence per rule, clean accuracy on the 1,311 test images, against full and against its random match:
+- over seeds: the mean paired difference, its 95% t interval and the two-sided paired t-test
+  (``scipy.stats.ttest_rel``);
+- over images: every seed's predictions on the same images, the exact McNemar test on the pooled
+  discordant (seed, image) pairs and a paired bootstrap CI of the difference
+  (:func:`entropy_ft.evaluation.paired.compare_paired`); per seed too, in the JSON.
+
+The default the evidence supports is the rule with the fewest trainable parameters whose accuracy is
+not significantly below full's by either test (one-sided p >= 0.05), among rules with every seed done.
+
+Resumable like paper.py: a run whose result exists is skipped and one cut short resumes from its last
+epoch checkpoint. ``<name>.md``, ``<name>.json`` (per-image predictions included) and the plot are
+rewritten after every run, so the committed results grow run by run. Never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import paper
+import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPHA = 0.05
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34"),
+                   help="a ResNet: the stage rules need stages")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--budgets", default="0.9,0.75,0.5,0.25", metavar="F,F,...", help="budget shares, in run order")
+    p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default="rule-sweep", help="results file stem")
+    p.add_argument("--plan", action="store_true", help="print the runs in order, marking those done, and exit")
+    args = p.parse_args(argv)
+    try:
+        args.budgets = [float(f) for f in args.budgets.split(",") if f.strip()]
+    except ValueError:
+        p.error(f"--budgets {args.budgets!r}: expected shares such as 0.9,0.5")
+    if any(not 0 < f <= 1 for f in args.budgets) or args.seeds < 1:
+        p.error("--budgets: each share in (0, 1]; --seeds: at least 1")
+    # every setting that decides a run is paper.py --cpu's, hashed into the run folder the same way
+    base = paper.parse_args(["--cpu", "--archs", args.arch, "--seeds", str(args.seeds), "--budgets", "",
+                             "--cache", str(args.cache)])
+    for key, value in vars(base).items():
+        if key not in ("seeds", "budgets", "cache", "results", "name"):
+            setattr(args, key, value)
+    return args
+
+
+def rules(budgets: list[float]) -> list[str]:
+    """The entropy rules of the sweep, in run order."""
+    return (["below-mean"] + [f"{kind}:{f:g}" for f in budgets for kind in ("budget", "stage-budget")]
+            + ["stage-below-mean"])
+
+
+def job_list(args) -> list[dict]:
+    """Seed-major: every configuration at seed 0, then at seed 1, ..."""
+    configs = [("full", None)] + [(st, r) for r in rules(args.budgets) for st in ("entropy", "random")]
+    return [{"strategy": st, "rule": r, "seed": s} for s in range(args.seeds) for st, r in configs]
+
+
+def config_name(job: dict) -> str:
+    """``full``, ``entropy budget:0.9``, ``random budget:0.9``: a configuration, over its seeds."""
+    return job["strategy"] if job["rule"] is None else f"{job['strategy']} {job['rule']}"
+
+
+def file_name(job: dict) -> str:
+    return config_name(job).replace(" ", "-").replace(":", "") + f"-s{job['seed']}"
+
+
+def select_for(args, job: dict, work: Path, profile_dir: Path) -> str:
+    """The selection.json of one job (entropy's is shared by the seeds; random's is drawn per seed)."""
+    from entropy_ft.steps import select
+
+    entropy_dir = work / f"select-entropy-{job['rule']}".replace(":", "")
+    if job["strategy"] == "full":
+        out = work / "select-full"
+        if not (out / "selection.json").is_file():
+            select.run(select.Config(profile=str(profile_dir), strategy="full", out=str(out)))
+        return str(out / "selection.json")
+    if not (entropy_dir / "selection.json").is_file():
+        select.run(select.Config(profile=str(profile_dir), strategy="entropy", rule=job["rule"], out=str(entropy_dir)))
+    if job["strategy"] == "entropy":
+        return str(entropy_dir / "selection.json")
+    out = work / (f"select-random-{job['rule']}-s{job['seed']}".replace(":", ""))
+    if not (out / "selection.json").is_file():
+        select.run(select.Config(profile=str(profile_dir), strategy="random", seed=job["seed"],
+                                 budget_from=str(entropy_dir), out=str(out)))
+    return str(out / "selection.json")
+
+
+# ---------------------------------------------------------------- evidence
+
+
+def over_seeds(a: list[dict], b: list[dict]) -> dict:
+    """``a`` minus ``b`` in clean accuracy, paired by seed: mean, 95% t interval, two-sided paired t-test."""
+    from scipy import stats
+
+    diffs = [x["test"]["shipped"][0]["accuracy"] - y["test"]["shipped"][0]["accuracy"] for x, y in zip(a, b)]
+    out = {"seeds": len(diffs), "difference": statistics.mean(diffs), "ci": None, "p": None, "p_worse": None}
+    if len(diffs) > 1 and statistics.stdev(diffs) > 1e-9:  # accuracies are multiples of 1/n
+        test = stats.ttest_1samp(diffs, 0.0)
+        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        out.update(ci=[out["difference"] - half, out["difference"] + half], p=float(test.pvalue),
+                   p_worse=float(stats.ttest_1samp(diffs, 0.0, alternative="less").pvalue))
+    return out
+
+
+def over_images(a: list[dict], b: list[dict]) -> dict:
+    """``a`` against ``b`` on the same test images, every seed's pairs pooled: exact McNemar, paired bootstrap CI;
+    and the same per seed."""
+    from entropy_ft.evaluation.paired import compare_paired
+
+    def compare(xs: list[dict], zs: list[dict]):
+        y = np.concatenate([x["test_labels"] for x in xs])
+        return compare_paired(y, np.concatenate([x["test_predictions"]["0"] for x in xs]),
+                              np.concatenate([z["test_predictions"]["0"] for z in zs]), int(y.max()) + 1, "accuracy",
+                              resamples=1000)
+
+    def counts(xs: list[dict], zs: list[dict]) -> tuple[int, int]:
+        y = np.concatenate([x["test_labels"] for x in xs])
+        ra = np.concatenate([x["test_predictions"]["0"] for x in xs]) == y
+        rb = np.concatenate([z["test_predictions"]["0"] for z in zs]) == y
+        return int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))
+
+    pooled = compare(a, b)
+    only_a, only_b = counts(a, b)
+    return {"pairs": pooled.images, "difference": pooled.delta, "ci": [pooled.ci_low, pooled.ci_high],
+            "only_a_right": only_a, "only_b_right": only_b, "p": min(1.0, 2 * min(pooled.p_better, pooled.p_worse)),
+            "p_worse": pooled.p_worse,
+            "per_seed": [{"seed": x["seed"], "difference": c.delta, "p_worse": c.p_worse, "p_better": c.p_better}
+                         for x, z in zip(a, b) for c in [compare([x], [z])]]}
+
+
+def summarize(results: list[dict], seeds: int) -> list[dict]:
+    """One row per configuration: its cost and accuracy over seeds, and its paired evidence against full
+    and against its random match, on the seeds both have."""
+    by: dict[str, dict[int, dict]] = {}
+    for r in results:
+        by.setdefault(r["config"], {})[r["seed"]] = r
+    rows = []
+    for name, runs in by.items():
+        done = [runs[s] for s in sorted(runs)]
+        accs = [r["test"]["shipped"][0]["accuracy"] for r in done]
+        row = {"config": name, "strategy": done[0]["strategy"], "rule": done[0]["rule"], "seeds": sorted(runs),
+               "complete": len(runs) == seeds,
+               "selected_layers": paper.mean_std([r["selected_layers"] for r in done]),
+               "trainable_params": paper.mean_std([r["trainable_params"] for r in done]),
+               "reduction_vs_full": paper.mean_std([r["reduction_vs_full"] for r in done]),
+               "accuracy": paper.mean_std(accs),
+               "accuracy_dedup": paper.mean_std([r["test"]["dedup"][0]["accuracy"] for r in done]),
+               "accuracy_sigma_0.2": paper.mean_std([_at(r, 0.2) for r in done]),
+               "accuracy_sigma_0.4": paper.mean_std([_at(r, 0.4) for r in done]),
+               "epochs_run": paper.mean_std([r["epochs_run"] for r in done])}
+        others = {"full": "full"}
+        if row["strategy"] == "entropy":
+            others["random"] = f"random {row['rule']}"
+        for label, other in others.items():
+            common = sorted(set(runs) & set(by.get(other, {})))
+            if common and other != name:
+                a, b = [runs[s] for s in common], [by[other][s] for s in common]
+                row[f"vs_{label}"] = {"seeds": over_seeds(a, b), "images": over_images(a, b)}
+        rows.append(row)
+    return rows
+
+
+def _at(run: dict, sigma: float) -> float:
+    return next(t["accuracy"] for t in run["test"]["shipped"] if abs(t["sigma"] - sigma) < 1e-9)
+
+
+def default_choice(rows: list[dict]) -> dict | None:
+    """The complete configuration with the fewest trainable parameters whose accuracy is not significantly
+    below full's over seeds nor over images (one-sided p >= ALPHA; full itself qualifies). Where every seed
+    differs alike, t is undefined; a loss on every seed then counts as significant, a tie or a gain does not."""
+    def holds(row: dict) -> bool:
+        if row["config"] == "full":
+            return True
+        vs = row.get("vs_full")
+        return vs is not None and all((vs[k]["p_worse"] is None and vs[k]["difference"] >= 0)
+                                      or (vs[k]["p_worse"] is not None and vs[k]["p_worse"] >= ALPHA)
+                                      for k in ("seeds", "images"))
+    ok = [r for r in rows if r["complete"] and holds(r)]
+    return min(ok, key=lambda r: r["trainable_params"][0]) if ok else None
+
+
+# ---------------------------------------------------------------- report
+
+
+def _pp(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.1f}"
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
+
+
+def _evidence(vs: dict | None) -> str:
+    if vs is None:
+        return "| | | | "
+    s, i = vs["seeds"], vs["images"]
+    ci = f" [{_pp(s['ci'][0])}, {_pp(s['ci'][1])}]" if s["ci"] else ""
+    return (f"| {_pp(s['difference'])}{ci} | {_p(s['p'])} | {_pp(i['difference'])} [{_pp(i['ci'][0])}, "
+            f"{_pp(i['ci'][1])}] ({i['only_a_right']}/{i['only_b_right']}) | {_p(i['p'])} ")
+
+
+def markdown(meta: dict, rows: list[dict], choice: dict | None) -> str:
+    s, m = meta["settings"], meta["machine"]
+    lines = [
+        f"# Selection rules against full fine-tuning and random layers ({meta['name']})", "",
+        "Generated by `benchmarks/rule_sweep.py`; do not edit by hand.", "",
+        f"- Command: `{meta['command']}`",
+        f"- Started {meta['started']}, last run written {meta['finished']}; **{meta['runs_done']} of "
+        f"{meta['runs_planned']} runs done** (the sweep resumes where it stopped)",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        + (f"GPU {m['gpu']}" if m.get("gpu") else "no GPU") + f"; Python {m['python']}, torch {m['torch']}, "
+        f"torchvision {m['torchvision']}",
+        f"- Settings (benchmarks/paper.py --cpu): {meta['arch']}, {s['image_size']} px, up to {s['epochs']} epochs "
+        f"(early stopping on val macro-F1, patience {s['patience']}), batch {s['batch_size']}, AdamW lr {s['lr']}, "
+        f"training noise sigma ~ U(0, {s['train_noise']['sigma_max']:g}) on {100 * s['train_noise']['p']:g}% of "
+        f"the training images, {s['profile_images']} profiling images (seed 0's profile for every rule), "
+        f"weights {s['weights'][meta['arch']]} (Imagenette stands in for ImageNet)",
+        f"- Test set: {meta['test_images']} images, every run scored on the same ones.", "",
+        "Accuracy: clean test accuracy, mean ± std over the seeds done. Differences in percentage points, paired: "
+        "**over seeds**, the mean difference on the same seed with its 95% t interval and the two-sided paired "
+        "t-test; **over images**, every seed's predictions on the same test images pooled, the difference with its "
+        "paired bootstrap 95% CI, (images only this one gets right / only the other), and the two-sided exact "
+        "McNemar test. A random row is matched on this seed to its rule's trainable parameters.", "",
+        "## Every configuration", "",
+        "| configuration | seeds | conv layers | trainable params | reduction vs full | accuracy | accuracy (dedup) "
+        "| σ=0.2 | σ=0.4 | − full, seeds | p | − full, images | p | − random, seeds | p | − random, images | p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {len(r['seeds'])} | {paper.fmt(r['selected_layers'], digits=0)} "
+            f"| {paper.fmt(r['trainable_params'], digits=0)} | {paper.fmt(r['reduction_vs_full'], 100, 1)}% "
+            f"| {paper.fmt(r['accuracy'])} | {paper.fmt(r['accuracy_dedup'])} | {paper.fmt(r['accuracy_sigma_0.2'])} "
+            f"| {paper.fmt(r['accuracy_sigma_0.4'])} " + _evidence(r.get("vs_full")) + _evidence(r.get("vs_random"))
+            + "|")
+    lines += ["", "## The default the evidence supports", ""]
+    if choice is None:
+        lines.append("No configuration has every seed done yet, or none but full holds; no default is chosen yet.")
+    else:
+        lines.append(f"**{choice['config']}**: {100 * choice['reduction_vs_full'][0]:.1f}% fewer trainable "
+                     f"parameters than full fine-tuning, accuracy {paper.fmt(choice['accuracy'])}, the fewest "
+                     "parameters among the configurations with every seed done whose accuracy is not significantly "
+                     f"below full's (one-sided p >= {ALPHA} over seeds and over images).")
+    lines += ["", f"![accuracy against trainable parameters]({meta['name']}.png)", ""]
+    return "\n".join(lines)
+
+
+def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> None:
+    """Accuracy against trainable parameters, one marker per configuration, full and the chosen default marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"full": ("k", "s"), "entropy": ("tab:blue", "o"), "random": ("tab:orange", "^")}
+    for r in rows:
+        color, marker = styles[r["strategy"]]
+        x, (y, err) = r["trainable_params"][0] / 1e6, r["accuracy"]
+        ax.errorbar(x, y, yerr=err or 0, color=color, marker=marker, capsize=3, linestyle="none",
+                    mfc="none" if not r["complete"] else color)
+        ax.annotate(r["rule"] or "full", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if choice is not None:
+        ax.scatter([choice["trainable_params"][0] / 1e6], [choice["accuracy"][0]], s=250, facecolors="none",
+                   edgecolors="green", linewidths=2, label=f"default by the evidence: {choice['config']}")
+    for label, (color, marker) in styles.items():
+        ax.plot([], [], color=color, marker=marker, linestyle="none", label=label)
+    ax.set_xlabel("trainable parameters (millions)")
+    ax.set_ylabel("clean test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{arch}: selection rules against full and random (hollow: seeds still running)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
+    conf = paper.settings(args)
+    work = paper.arch_dirs(args.cache / "rule-sweep-runs", conf)[args.arch]
+    jobs = job_list(args)
+    if args.plan:
+        for k, job in enumerate(jobs, 1):
+            done = (work / f"result-{file_name(job)}.json").is_file()
+            print(f"{k:3d}  {'done' if done else '    '}  {config_name(job)}  seed {job['seed']}")
+        return
+    started = datetime.now(timezone.utc)
+    dataset = paper.ensure_dataset(args.archive, args.image_size, args.cache)
+    leak = paper.leaked_test_images(dataset)
+    profile_dir = work / "profile"
+    if not (profile_dir / "profile.json").is_file():
+        from entropy_ft.steps import profile
+
+        paper.log(f"{args.arch}: profiling {args.profile_images} training images")
+        profile.run(profile.Config(dataset=str(dataset), arch=args.arch, weights=paper.weights_for(args, args.arch),
+                                   out=str(profile_dir), images=args.profile_images, device=args.device))
+    command = provenance.command("benchmarks/rule_sweep.py", sys.argv[1:] if argv is None else argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    times: list[float] = []
+    for k, job in enumerate(jobs, 1):
+        what = f"[{k}/{len(jobs)}] {config_name(job)} seed {job['seed']}"
+        result_path = work / f"result-{file_name(job)}.json"
+        if not result_path.is_file():
+            eta = f", about {statistics.mean(times) * (len(jobs) - k + 1) / 60:.0f} min left" if times else ""
+            paper.log(f"{what}: fine-tuning up to {args.epochs} epochs{eta}")
+            t0 = time.perf_counter()
+            paper.run_isolated({
+                "arch": args.arch, "strategy": job["strategy"], "seed": job["seed"], "budget": None,
+                "dataset": str(dataset), "selection": select_for(args, job, work, profile_dir),
+                "model": str(work / f"model-{file_name(job)}"), "rescore": False, "result": str(result_path),
+                "train_noise": args.train_noise, "train_noise_p": args.train_noise_p, "epochs": args.epochs,
+                "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "device": args.device,
+                "precision": args.precision, "num_workers": args.num_workers, "sigmas": args.sigmas,
+                "keep": leak["keep"].tolist(), "in_process": False})
+            times.append(time.perf_counter() - t0)
+        result = {**json.loads(result_path.read_text()), "config": config_name(job), "rule": job["rule"]}
+        paper.log(f"{what}: test accuracy {result['test']['shipped'][0]['accuracy']:.4f}, "
+                  f"{result['trainable_params']:,} trainable, {result['epochs_run']} epochs")
+        results.append(result)
+        rows = summarize(results, args.seeds)
+        choice = default_choice(rows)
+        finished = datetime.now(timezone.utc)
+        meta = {"name": args.name, "command": command, "arch": args.arch, "settings": conf,
+                "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": provenance.machine(), "runs_done": len(results), "runs_planned": len(jobs),
+                "test_images": leak["test_images"], "alpha": ALPHA}
+        (args.results / f"{args.name}.json").write_text(json.dumps(
+            {"schema_version": 1, **meta, "summary": rows, "default": choice and choice["config"],
+             "runs": results}) + "\n")
+        (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice))
+        write_plot(args.results / f"{args.name}.png", rows, choice, args.arch)
+    paper.log(f"wrote {args.results / (args.name + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
