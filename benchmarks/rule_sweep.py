@@ -16,14 +16,16 @@ has any at the second:
   matched to each;
 - ``stage-below-mean`` (below the mean of the layer's own stage) and its random match.
 
-Every entropy selection comes from seed 0's profile (as in paper.py's grid); a seed fixes a run's new
-head, data order, augmentation and noise, and random's draw. A random selection matches its rule's
-trainable parameters on this seed (``select --strategy random --budget-from``; within 0.1% of
-the backbone).
+Two configurations that select the same layers (``stage-budget:0.9`` and ``:0.75`` can) share one
+run per seed, and the results say so (``same_run_as``). Every entropy selection comes from seed 0's
+profile (as in paper.py's grid); a seed fixes a run's new head, data order, augmentation and noise,
+and random's draw. A random selection matches its rule's trainable parameters on this seed
+(``select --strategy random --budget-from``: within 0.5% of the backbone, and never the rule's
+own layer set where another fits).
 
 Evidence per rule, clean accuracy on the 1,311 test images, against full and against its random match:
 - over seeds: the mean paired difference, its 95% t interval and the two-sided paired t-test
-  (``scipy.stats.ttest_rel``);
+  (``scipy.stats.ttest_1samp`` on the differences, which is ``ttest_rel``);
 - over images: every seed's predictions on the same images, the exact McNemar test on the pooled
   discordant (seed, image) pairs and a paired bootstrap CI of the difference
   (:func:`entropy_ft.evaluation.paired.compare_paired`); per seed too, in the JSON.
@@ -342,23 +344,31 @@ def main(argv: list[str] | None = None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     times: list[float] = []
+    trained: dict[tuple, tuple[str, Path]] = {}  # (layers, seed) -> the first configuration that trained them
     for k, job in enumerate(jobs, 1):
         what = f"[{k}/{len(jobs)}] {config_name(job)} seed {job['seed']}"
         result_path = work / f"result-{file_name(job)}.json"
+        selection = select_for(args, job, work, profile_dir)
+        key = (tuple(json.loads(Path(selection).read_text())["layers"]), job["seed"])
+        same = trained.setdefault(key, (config_name(job), result_path))
+        if same[1] != result_path and not result_path.is_file():  # the same layers and seed: the same run
+            paper.log(f"{what}: the same layers as {same[0]}, whose run it shares")
+            result_path.write_text(json.dumps({**json.loads(same[1].read_text()), "same_run_as": same[0]}) + "\n")
         if not result_path.is_file():
             eta = f", about {statistics.mean(times) * (len(jobs) - k + 1) / 60:.0f} min left" if times else ""
             paper.log(f"{what}: fine-tuning up to {args.epochs} epochs{eta}")
             t0 = time.perf_counter()
             paper.run_isolated({
                 "arch": args.arch, "strategy": job["strategy"], "seed": job["seed"], "budget": None,
-                "dataset": str(dataset), "selection": select_for(args, job, work, profile_dir),
+                "dataset": str(dataset), "selection": selection,
                 "model": str(work / f"model-{file_name(job)}"), "rescore": False, "result": str(result_path),
                 "train_noise": args.train_noise, "train_noise_p": args.train_noise_p, "epochs": args.epochs,
                 "patience": args.patience, "lr": args.lr, "batch_size": args.batch_size, "device": args.device,
                 "precision": args.precision, "num_workers": args.num_workers, "sigmas": args.sigmas,
                 "keep": leak["keep"].tolist(), "in_process": False})
             times.append(time.perf_counter() - t0)
-        result = {**json.loads(result_path.read_text()), "config": config_name(job), "rule": job["rule"]}
+        result = {**json.loads(result_path.read_text()), "config": config_name(job), "strategy": job["strategy"],
+                  "rule": job["rule"]}
         paper.log(f"{what}: test accuracy {result['test']['shipped'][0]['accuracy']:.4f}, "
                   f"{result['trainable_params']:,} trainable, {result['epochs_run']} epochs")
         results.append(result)

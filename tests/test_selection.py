@@ -10,6 +10,7 @@ from entropy_ft.errors import UserError
 from entropy_ft.model.archs import backbone
 from entropy_ft.model.factory import build_model, measure_backbone
 from entropy_ft.selection.rules import (
+    RANDOM_TOLERANCE,
     Rule,
     parse_rule,
     rule_problem,
@@ -155,8 +156,8 @@ def test_equal_entropies_break_ties_by_forward_order(costs):
 
 
 def test_random_is_reproducible_and_matches_the_parameter_count(entropy, costs):
-    """Matched on parameters, not layers: within 0.1% of resnet18's backbone, where one draw that
-    stops at the first layer that does not fit falls up to a 2.4M-parameter conv short."""
+    """Matched on parameters, not layers: within 0.5% of resnet18's backbone, where one draw that
+    takes what fits falls up to a large conv short."""
     total = sum(costs.values())
     one_draw = []
     for rule in ("below-mean", "budget:0.25", "budget:0.5", "budget:0.9", "quantile:0.3"):
@@ -166,8 +167,26 @@ def test_random_is_reproducible_and_matches_the_parameter_count(entropy, costs):
         assert select_random(costs, budget, seed=3) == first
         assert len({tuple(select_random(costs, budget, seed=s)) for s in range(5)}) > 1
         used = sum(costs[n] for n in first)
-        assert budget - 0.001 * total <= used <= budget, rule
+        assert budget - RANDOM_TOLERANCE * total <= used <= budget, rule
     assert max(one_draw) > 0.05 * total  # what a single draw leaves, and why several are drawn
+
+
+def test_random_is_not_the_selection_it_matches_where_another_set_fits():
+    """budget:0.9 on resnet18 leaves out two 590k convs: few layer sets have that count, and the
+    closest random draw would often be the rule's own selection."""
+    structure = backbone("resnet18", 4)
+    costs = structure.costs
+    rule_layers = [n for n in costs if n not in ("layer3.1.conv1", "layer3.1.conv2")]
+    budget = sum(costs[n] for n in rule_layers)
+    plain = [select_random(costs, budget, seed=s, tolerance=0) for s in range(20)]
+    assert rule_layers in plain  # without avoid, some seeds draw the rule's set itself
+    for s in range(20):
+        drawn = select_random(costs, budget, seed=s, avoid=rule_layers)
+        assert drawn != rule_layers
+        assert budget - RANDOM_TOLERANCE * sum(costs.values()) <= sum(costs[n] for n in drawn) <= budget
+    only = {"a": 5, "b": 5}
+    assert select_random(only, 5, seed=0, avoid=["a"]) == ["b"]
+    assert select_random({"a": 5}, 5, seed=0, avoid=["a"]) == ["a"]  # no other set: the only one there is
 
 
 @pytest.mark.parametrize(

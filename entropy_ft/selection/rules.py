@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from entropy_ft.errors import UserError
@@ -25,7 +25,8 @@ PLAIN_RULES = ("below-mean", "stage-below-mean")  # rules without a value
 VALUED_RULES = {"quantile": "Q", "budget": "F", "stage-budget": "F"}  # rule -> the name of its value
 STAGE_RULES = ("stage-below-mean", "stage-budget")  # rules that need an architecture with stages
 RULE_HELP = ("below-mean, stage-below-mean, quantile:Q, budget:F or stage-budget:F, with Q and F in (0, 1]")
-RANDOM_DRAWS = 256  # random layer sets drawn per seed; the one closest to the budget is kept
+RANDOM_DRAWS = 256  # random layer sets drawn per seed at most (select_random)
+RANDOM_TOLERANCE = 0.005  # a random draw this close to its budget, as a share of the backbone, is a match
 
 
 @dataclass(frozen=True)
@@ -120,25 +121,35 @@ def _fill(order: Sequence[str], costs: Mapping[str, int], cap: float) -> set[str
     return chosen
 
 
-def select_random(costs: Mapping[str, int], budget: int, seed: int, draws: int = RANDOM_DRAWS) -> list[str]:
-    """Seeded random layers whose cost comes as close to ``budget`` backbone parameters as random draws get.
+def select_random(costs: Mapping[str, int], budget: int, seed: int, draws: int = RANDOM_DRAWS,
+                  tolerance: float = RANDOM_TOLERANCE, avoid: Collection[str] | None = None) -> list[str]:
+    """Seeded random layers whose cost matches ``budget`` backbone parameters, short of it by at most
+    ``tolerance`` of the backbone where a draw gets there.
 
     Each draw visits the layers in a random order and takes each that still fits, so it never
-    exceeds the budget. Of ``draws`` draws from one generator seeded with ``seed``, the one
-    closest to the budget is kept (the first on ties): a single draw can fall short by a whole
-    large layer (a ResNet18's last stage has 2.4M-parameter convs), and a baseline that trains
-    fewer parameters than what it is compared with is no baseline. Forward order in the result.
+    exceeds the budget; a single draw can fall short by a whole large layer (a ResNet18's last stage
+    has 2.4M-parameter convs). The first of ``draws`` draws (from one generator seeded with ``seed``)
+    that comes within the tolerance is kept, else the closest. Not simply the closest: layer sizes
+    are few and repeat, so often only one layer set has a given count exactly (budget:0.9 on
+    ResNet18 leaves out two 590k convs, or the one 1.18M conv), and the closest draw would then be
+    the rule's own selection rather than a random one. For the same reason a draw equal to
+    ``avoid`` (the selection the budget came from) is passed over, while another draw exists.
+    Forward order in the result.
     """
     names = list(costs)
+    avoided = set(avoid) if avoid is not None else None
+    slack = tolerance * sum(costs.values())
     rng = random.Random(seed)
-    best: set[str] = set()
+    best: set[str] = set(avoid or ())  # what is left when every draw is the avoided one
     best_total = -1
     for _ in range(draws):
         chosen = _fill(rng.sample(names, len(names)), costs, budget)
+        if chosen == avoided:
+            continue
         total = sum(costs[n] for n in chosen)
         if total > best_total:
             best, best_total = chosen, total
-        if total == budget:
+        if budget - total <= slack:
             break
     return [n for n in names if n in best]
 

@@ -113,14 +113,18 @@ def run(cfg: Config) -> dict:
         layers, stability = _by_entropy(entropy, resampled, structure, rule, cfg.stability)
     elif cfg.strategy == "random":
         head = structure.head_params
+        matched: list[str] | None = None  # the selection whose parameters random matches, where one is known
         if cfg.budget_from is None and cfg.budget_params is None:
             rule = cfg.parsed_rule
-            budget = head + sum(costs[n] for n in _by_entropy(entropy, resampled, structure, rule, cfg.stability)[0])
+            matched = _by_entropy(entropy, resampled, structure, rule, cfg.stability)[0]
+            budget = head + sum(costs[n] for n in matched)
+        elif cfg.budget_from is not None:
+            matched, budget = _budget_from(cfg.budget_from, arch)
         else:
-            budget = cfg.budget_params if cfg.budget_params is not None else _budget_from(cfg.budget_from, arch)
+            budget = cfg.budget_params
             if budget < head:
                 raise UserError(f"budget of {budget:,} parameters is below the {head:,} of the head alone")
-        layers = select_random(costs, budget - head, cfg.seed)
+        layers = select_random(costs, budget - head, cfg.seed, avoid=matched)
     else:
         layers = strategy_layers(cfg.strategy, list(costs))
 
@@ -185,11 +189,12 @@ def _by_entropy(
     return layers, {"threshold": threshold or None, **summarize(selections, structure)}
 
 
-def _budget_from(uri: str, arch: str) -> int:
+def _budget_from(uri: str, arch: str) -> tuple[list[str], int]:
+    """The layers and trainable parameters of the selection at ``uri``."""
     other = Selection.read(uri)
     if other.arch != arch or other.trainable_params is None:
         raise UserError(f"--budget-from {other.origin.uri}: expected a selection.json for {arch} with trainable_params")
-    return other.trainable_params
+    return list(other.layers), other.trainable_params
 
 
 def _label(selection: Selection) -> str:
