@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from urllib.parse import urlparse
 
 import pytest
 import torch
 from imagefiles import imagefolder, write_tree
+from proxies import DroppingProxy
 from safetensors.torch import load_file
 from selection_factory import write_selection
 
@@ -26,55 +24,6 @@ from entropy_ft.errors import UserError
 from entropy_ft.model.model_dir import WEIGHTS_FILE
 
 FAST = ["--image-size", "32", "--workers", "1"]
-
-
-class DroppingProxy:
-    """A TCP proxy on 127.0.0.1 in front of ``target`` that forwards ``budget`` bytes of requests, then
-    cuts every open connection and refuses new ones: an endpoint that goes away mid-upload."""
-
-    def __init__(self, target: str, budget: int):
-        url = urlparse(target)
-        self.target, self.budget, self.sent, self.cut = (url.hostname, url.port), budget, 0, False
-        self.lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            if self.cut:
-                conn.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                conn.close()
-                continue
-            threading.Thread(target=self._pump, args=(conn, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if counted:
-                    with self.lock:
-                        self.sent += len(data)
-                        self.cut = self.cut or self.sent > self.budget
-                if self.cut:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                s.close()
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def dataset_keys(client, prefix: str) -> set[str]:
@@ -165,3 +114,44 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(synthetic
     straight = load_file(str(tmp_path / "straight" / WEIGHTS_FILE))
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+
+
+KILL_ON_SECOND_SHARD = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from entropy_ft import cli
+real, calls = pq.write_table, []
+def write_table(table, where, **kwargs):  # the first shard whole, the second half-written, then SIGKILL
+    calls.append(where)
+    real(table, where, **kwargs)
+    if len(calls) == 2:
+        os.truncate(where, os.path.getsize(where) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+pq.write_table = write_table
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ingest_killed_mid_write_leaves_the_last_complete_dataset_and_a_rerun_recovers(tmp_path, capsys):
+    """SIGKILL while ingest writes its shards (one whole, one half-written): the shards go to a staging
+    folder beside the dataset, which replaces the dataset only once complete, so the week-1 dataset
+    stays whole and readable, and the same command again writes week 2."""
+    out = tmp_path / "weekly"
+    week1 = write_tree(tmp_path / "week1", imagefolder(6))
+    assert cli.main(["ingest", str(week1), "--out", str(out), *FAST]) == 0
+    week2 = write_tree(tmp_path / "week2", {**imagefolder(6), **imagefolder(60, start=100)})
+    capsys.readouterr()
+
+    killed = subprocess.run([sys.executable, "-c", KILL_ON_SECOND_SHARD, "ingest", str(week2), "--out", str(out),
+                             *FAST], env={**os.environ, "ENTROPY_FT_NO_PROGRESS": "1"}, capture_output=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    staged = [f for d in tmp_path.glob(".weekly.staging-*") for f in d.rglob("*.parquet")]
+    assert len(staged) == 2  # what the killed process wrote, left where no step looks
+
+    manifest = load_manifest(out)  # week 1, whole: every shard there and the one the manifest lists
+    assert sum(manifest.totals.values()) == 24
+    assert sum(len(read_split(out, s, ["label"])) for s in ("train", "val", "test")) == 24
+    assert cli.main(["ingest", str(week2), "--out", str(out), *FAST]) == 0
+    assert sum(load_manifest(out).totals.values()) == 4 * 66
+    assert sum(len(read_split(out, s, ["label"])) for s in ("train", "val", "test")) == 4 * 66

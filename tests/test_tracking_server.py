@@ -422,6 +422,66 @@ def test_registration_failing_half_way_moves_no_alias(server_env, model_dir, tmp
     assert failed.info.status == "FAILED"
 
 
+def test_server_back_during_the_retries_registers_once(server_env, model_dir, tmp_path, capfd, monkeypatch):
+    """The tracking server is unreachable when register starts and comes back within its retries
+    (tracking.HTTP_RETRY_DEFAULTS: 3 retries, backoff factor 1): the step succeeds, one version, one
+    champion."""
+    import threading
+
+    from mlflow_server import free_port
+    from proxies import DroppingProxy
+
+    client = tracking.connect()
+    versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
+    port = free_port()
+    proxies: list[DroppingProxy] = []
+    late = threading.Timer(1.5, lambda: proxies.append(DroppingProxy(server_env.url, port=port)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")  # refused until the proxy listens
+    late.start()
+    try:
+        code, summary, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.97), "--promote", "always")
+    finally:
+        late.join()
+        for proxy in proxies:
+            proxy.close()
+    assert code == 0, err
+    assert proxies and proxies[0].sent > 0  # everything went through the late server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_env.url)
+    client = tracking.connect()
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before + 1
+    assert aliases(client)["champion"] == str(summary["version"])
+
+
+def test_a_connection_cut_while_the_model_uploads_moves_no_alias(server_env, model_dir, tmp_path, capfd,
+                                                                  monkeypatch):
+    """The connection to the tracking server (which proxies the artifact store) is cut after 1 MB of the
+    5 MB model: exit 2 in one line, no version takes the alias, the run is marked failed; a rerun registers."""
+    from proxies import DroppingProxy
+
+    client = tracking.connect()
+    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5))
+    assert code == 0, err
+    before = aliases(client)
+    versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
+    proxy = DroppingProxy(server_env.url, budget=1_000_000)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    try:
+        code, _, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    finally:
+        proxy.close()
+    assert proxy.cut and code == 2, err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("entropy-ft register: error:")] == [lines[-1]]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_env.url)
+    client = tracking.connect()
+    assert aliases(client) == before
+    new = client.search_model_versions(f"name='{MODEL}'")[versions_before:]
+    assert all("champion" not in v.aliases for v in new)
+    code, summary, err = register(capfd, model_dir, write_eval(tmp_path / "better.json", 0.99), "--promote", "always")
+    assert code == 0, err
+    assert aliases(client)["champion"] == str(summary["version"])
+
+
 # --------------------------------------------------------------------------- authentication
 
 AUTH_EXPERIMENT = "entropy-ft-auth-tests"
