@@ -46,6 +46,23 @@ def comparison_rows(reports: list[Evaluation]) -> list[dict]:
     return sorted(rows, key=lambda row: (rank.get(row["strategy"], len(rank)), row["strategy"] or ""))
 
 
+def entropy_against_random(rows: list[dict]) -> str | None:
+    """One sentence on entropy against random at (about) the same trainable-parameter count, the
+    comparison that says whether the entropy criterion chose better than chance; None unless both ran.
+    One run each: a difference of a point or two is within seed-to-seed spread (benchmarks/rule_sweep.py
+    measures it over seeds and images)."""
+    by = {row["strategy"]: row for row in rows}
+    if "entropy" not in by or "random" not in by:
+        return None
+    e, r = by["entropy"], by["random"]
+    delta = 100 * (e["accuracy"] - r["accuracy"])
+    verdict = "ahead of" if delta > 0 else "behind" if delta < 0 else "level with"
+    return (f"Entropy against random layers with the same parameter budget: entropy trains {e['trainable_params']:,} "
+            f"parameters and random {r['trainable_params']:,}; entropy is {verdict} random by {abs(delta):.1f} "
+            f"accuracy points (macro-F1 {100 * (e['macro_f1'] - r['macro_f1']):+.1f}). One run each: differences of "
+            "a point or two are within what a different seed gives.")
+
+
 def _fmt(value: object, pct: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -70,12 +87,17 @@ def run(cfg: Config) -> dict:
         {row["strategy"]: [row["accuracy_by_sigma"].get(s, float("nan")) for s in sigmas] for row in rows},
         title="Test accuracy under Gaussian input noise", xlabel="noise sigma (pixels in [0, 1])", ylabel="accuracy",
     )
+    against = entropy_against_random(rows)
     with storage.output_dir(cfg.out) as tmp:
         Comparison(rows=rows, evaluations=list(cfg.evaluations)).write(str(tmp))
-        (tmp / "comparison.md").write_text("# Strategy comparison\n\n" + md_table(header, table))
-        plots.write_report(tmp, "comparison", "Strategy comparison", fig, table=(header, table))
+        (tmp / "comparison.md").write_text("# Strategy comparison\n\n" + md_table(header, table)
+                                           + (f"\n{against}\n" if against else ""))
+        plots.write_report(tmp, "comparison", "Strategy comparison", fig, table=(header, table),
+                           notes=[against] if against else [])
     for line in md_table(header, table).splitlines():
         log.info("%s", line)
+    if against:
+        log.info("%s", against)
     best = max(rows, key=lambda row: row["macro_f1"])
     return {"out": cfg.out, "comparison": Comparison.file_in(cfg.out), "strategies": [r["strategy"] for r in rows],
             "best_macro_f1_strategy": best["strategy"], "best_macro_f1": best["macro_f1"]}
