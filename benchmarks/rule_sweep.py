@@ -33,7 +33,8 @@ Evidence per rule, clean accuracy on the 1,311 test images, against full and aga
 The default the evidence supports is the rule with the fewest trainable parameters whose accuracy is
 not significantly below full's by either test (one-sided p >= 0.05), among rules with every seed done.
 
-Resumable like paper.py: a run whose result exists is skipped and one cut short resumes from its last
+Resumable like paper.py: a run whose result exists is skipped (on a fresh machine, the committed
+``<name>.json``'s runs made with the same settings are put back first) and one cut short resumes from its last
 epoch checkpoint. ``<name>.md``, ``<name>.json`` (per-image predictions included) and the plot are
 rewritten after every run, so the committed results grow run by run. Never run in CI.
 """
@@ -319,6 +320,21 @@ def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> 
 # ---------------------------------------------------------------- main
 
 
+def restore_committed(path: Path, conf: dict, work: Path) -> None:
+    """Put the committed results' runs back into an empty cache (a fresh machine or clone), so the sweep
+    continues from them rather than from the start; only runs made with these very settings."""
+    if not path.is_file():
+        return
+    committed = json.loads(path.read_text())
+    if committed.get("settings") != json.loads(json.dumps(conf)):
+        return
+    for run in committed["runs"]:
+        result = work / f"result-{file_name(run)}.json"
+        if not result.is_file():
+            result.write_text(json.dumps(run) + "\n")
+            paper.log(f"restored {config_name(run)} seed {run['seed']} from {path.name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
@@ -330,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             done = (work / f"result-{file_name(job)}.json").is_file()
             print(f"{k:3d}  {'done' if done else '    '}  {config_name(job)}  seed {job['seed']}")
         return
+    restore_committed(args.results / f"{args.name}.json", conf, work)
     started = datetime.now(timezone.utc)
     dataset = paper.ensure_dataset(args.archive, args.image_size, args.cache)
     leak = paper.leaked_test_images(dataset)
