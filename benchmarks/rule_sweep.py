@@ -149,25 +149,21 @@ def over_images(a: list[dict], b: list[dict]) -> dict:
     and the same per seed."""
     from entropy_ft.evaluation.paired import compare_paired
 
-    def compare(xs: list[dict], zs: list[dict]):
-        y = np.concatenate([x["test_labels"] for x in xs])
-        return compare_paired(y, np.concatenate([x["test_predictions"]["0"] for x in xs]),
-                              np.concatenate([z["test_predictions"]["0"] for z in zs]), int(y.max()) + 1, "accuracy",
-                              resamples=1000)
+    def stacked(runs: list[dict], key: str) -> np.ndarray:
+        return np.concatenate([r["test_labels"] if key == "labels" else r["test_predictions"]["0"] for r in runs])
 
-    def counts(xs: list[dict], zs: list[dict]) -> tuple[int, int]:
-        y = np.concatenate([x["test_labels"] for x in xs])
-        ra = np.concatenate([x["test_predictions"]["0"] for x in xs]) == y
-        rb = np.concatenate([z["test_predictions"]["0"] for z in zs]) == y
-        return int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))
-
-    pooled = compare(a, b)
-    only_a, only_b = counts(a, b)
+    y, pa, pb = stacked(a, "labels"), stacked(a, "predictions"), stacked(b, "predictions")
+    classes = int(y.max()) + 1
+    pooled = compare_paired(y, pa, pb, classes, "accuracy", resamples=1000)
+    right_a, right_b = pa == y, pb == y
+    per_seed = [compare_paired(np.asarray(x["test_labels"]), np.asarray(x["test_predictions"]["0"]),
+                               np.asarray(z["test_predictions"]["0"]), classes, "accuracy", resamples=1000)
+                for x, z in zip(a, b)]
     return {"pairs": pooled.images, "difference": pooled.delta, "ci": [pooled.ci_low, pooled.ci_high],
-            "only_a_right": only_a, "only_b_right": only_b, "p": min(1.0, 2 * min(pooled.p_better, pooled.p_worse)),
-            "p_worse": pooled.p_worse,
+            "only_a_right": int(np.sum(right_a & ~right_b)), "only_b_right": int(np.sum(~right_a & right_b)),
+            "p": min(1.0, 2 * min(pooled.p_better, pooled.p_worse)), "p_worse": pooled.p_worse,
             "per_seed": [{"seed": x["seed"], "difference": c.delta, "p_worse": c.p_worse, "p_better": c.p_better}
-                         for x, z in zip(a, b) for c in [compare([x], [z])]]}
+                         for x, c in zip(a, per_seed)]}
 
 
 def summarize(results: list[dict], seeds: int) -> list[dict]:
