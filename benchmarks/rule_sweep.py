@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="rule-sweep", help="results file stem")
+    p.add_argument("--first", default="", metavar="CONFIG,CONFIG,...",
+                   help="configurations to run at every seed before the rest, e.g. 'full,entropy below-mean'")
     p.add_argument("--plan", action="store_true", help="print the runs in order, marking those done, and exit")
     args = p.parse_args(argv)
     try:
@@ -76,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--budgets {args.budgets!r}: expected shares such as 0.9,0.5")
     if any(not 0 < f <= 1 for f in args.budgets) or args.seeds < 1:
         p.error("--budgets: each share in (0, 1]; --seeds: at least 1")
+    args.first = [c.strip() for c in args.first.split(",") if c.strip()]
+    known = {config_name(j) for j in job_list(argparse.Namespace(budgets=args.budgets, seeds=1, first=[]))}
+    if unknown := [c for c in args.first if c not in known]:
+        p.error(f"--first {unknown[0]!r}: not a configuration of this sweep; expected one of {sorted(known)}")
     # every setting that decides a run is paper.py --cpu's, hashed into the run folder the same way
     base = paper.parse_args(["--cpu", "--archs", args.arch, "--seeds", str(args.seeds), "--budgets", "",
                              "--cache", str(args.cache)])
@@ -92,9 +98,15 @@ def rules(budgets: list[float]) -> list[str]:
 
 
 def job_list(args) -> list[dict]:
-    """Seed-major: every configuration at seed 0, then at seed 1, ..."""
+    """Seed-major: every configuration at seed 0, then at seed 1, ...; the ``--first`` configurations
+    before all the others, seed by seed in the order given, so that the runs a decision needs come first."""
     configs = [("full", None)] + [(st, r) for r in rules(args.budgets) for st in ("entropy", "random")]
-    return [{"strategy": st, "rule": r, "seed": s} for s in range(args.seeds) for st, r in configs]
+    jobs = [{"strategy": st, "rule": r, "seed": s} for s in range(args.seeds) for st, r in configs]
+
+    def first(job: dict) -> tuple:
+        name = config_name(job)
+        return (0, job["seed"], args.first.index(name)) if name in args.first else (1,)
+    return sorted(jobs, key=first)  # stable: the rest stay seed-major
 
 
 def config_name(job: dict) -> str:

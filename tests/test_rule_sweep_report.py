@@ -11,7 +11,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from rule_sweep import default_choice, job_list, markdown, over_images, summarize  # noqa: E402
+from rule_sweep import default_choice, job_list, markdown, over_images, parse_args, summarize  # noqa: E402
 
 LABELS = [i % 4 for i in range(200)]
 
@@ -78,7 +78,7 @@ def test_no_default_before_any_rule_has_every_seed():
 
 def test_the_sweep_runs_every_rule_at_one_seed_before_the_next():
     class Args:
-        seeds, budgets = 2, [0.9, 0.5]
+        seeds, budgets, first = 2, [0.9, 0.5], []
     jobs = job_list(Args)
     assert [j["seed"] for j in jobs] == [0] * 13 + [1] * 13
     assert jobs[:3] == [{"strategy": "full", "rule": None, "seed": 0},
@@ -86,3 +86,19 @@ def test_the_sweep_runs_every_rule_at_one_seed_before_the_next():
                         {"strategy": "random", "rule": "below-mean", "seed": 0}]
     assert {j["rule"] for j in jobs if j["strategy"] == "random"} == {
         "below-mean", "budget:0.9", "stage-budget:0.9", "budget:0.5", "stage-budget:0.5", "stage-below-mean"}
+
+
+def test_the_first_configurations_run_at_every_seed_before_the_rest():
+    class Args:
+        seeds, budgets, first = 3, [0.9], ["full", "entropy stage-budget:0.9", "entropy below-mean"]
+    jobs = job_list(Args)
+    head = [(j["strategy"], j["rule"], j["seed"]) for j in jobs[:9]]
+    assert head == [(st, r, s) for s in range(3)
+                    for st, r in (("full", None), ("entropy", "stage-budget:0.9"), ("entropy", "below-mean"))]
+    assert len(jobs) == 3 * 9 and jobs[9] == {"strategy": "random", "rule": "below-mean", "seed": 0}
+
+
+def test_an_unknown_first_configuration_exits_2_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--first", "full,entropy deep"])
+    assert exit_.value.code == 2 and "--first 'entropy deep'" in capsys.readouterr().err
