@@ -30,8 +30,11 @@ Evidence per rule, clean accuracy on the 1,311 test images, against full and aga
   discordant (seed, image) pairs and a paired bootstrap CI of the difference
   (:func:`entropy_ft.evaluation.paired.compare_paired`); per seed too, in the JSON.
 
-The default the evidence supports is the rule with the fewest trainable parameters whose accuracy is
-not significantly below full's by either test (one-sided p >= 0.05), among rules with every seed done.
+The default the evidence supports is the entropy rule with the fewest trainable parameters whose accuracy
+is not significantly below full's by either test (one-sided p >= 0.05), among full and the rules with every
+seed done that run on every architecture (so not a stage rule). The report also names the configuration of
+any strategy, random included, with the fewest parameters that holds, so it says whether entropy earns its
+place against a random choice.
 
 Resumable like paper.py: a run whose result exists is skipped (on a fresh machine, the committed
 ``<name>.json``'s runs made with the same settings are put back first) and one cut short resumes from its last
@@ -54,6 +57,8 @@ from pathlib import Path
 import numpy as np
 import paper
 import provenance
+
+from entropy_ft.selection.rules import DEFAULT_RULE, PAPER_RULE, parse_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.05
@@ -214,19 +219,42 @@ def _at(run: dict, sigma: float) -> float:
     return next(t["accuracy"] for t in run["test"]["shipped"] if abs(t["sigma"] - sigma) < 1e-9)
 
 
-def default_choice(rows: list[dict]) -> dict | None:
-    """The complete configuration with the fewest trainable parameters whose accuracy is not significantly
-    below full's over seeds nor over images (one-sided p >= ALPHA; full itself qualifies). Where every seed
-    differs alike, t is undefined; a loss on every seed then counts as significant, a tie or a gain does not."""
-    def holds(row: dict) -> bool:
-        if row["config"] == "full":
-            return True
-        vs = row.get("vs_full")
-        return vs is not None and all((vs[k]["p_worse"] is None and vs[k]["difference"] >= 0)
-                                      or (vs[k]["p_worse"] is not None and vs[k]["p_worse"] >= ALPHA)
-                                      for k in ("seeds", "images"))
+def holds(row: dict) -> bool:
+    """Whether a complete configuration's accuracy is not significantly below full's over seeds nor over
+    images (one-sided p >= ALPHA; full itself holds). Where every seed differs alike, t is undefined; a loss
+    on every seed then counts as significant, a tie or a gain does not."""
+    if row["config"] == "full":
+        return True
+    vs = row.get("vs_full")
+    return row["complete"] and vs is not None and all(
+        (vs[k]["p_worse"] is None and vs[k]["difference"] >= 0)
+        or (vs[k]["p_worse"] is not None and vs[k]["p_worse"] >= ALPHA) for k in ("seeds", "images"))
+
+
+def fewest_holding(rows: list[dict]) -> dict | None:
+    """The configuration of any strategy, random included, with the fewest trainable parameters that holds."""
     ok = [r for r in rows if r["complete"] and holds(r)]
     return min(ok, key=lambda r: r["trainable_params"][0]) if ok else None
+
+
+def default_choice(rows: list[dict]) -> dict | None:
+    """The default the evidence supports: among full and the entropy rules that run on every architecture
+    (a stage rule cannot be SqueezeNet's default; random is the control, not a criterion), the fewest
+    trainable parameters that hold."""
+    return fewest_holding([r for r in rows if r["config"] == "full"
+                           or (r["strategy"] == "entropy" and not parse_rule(r["rule"]).needs_stages)])
+
+
+def against_random(rows: list[dict]) -> dict[str, list[str]]:
+    """Each complete entropy rule against its random match, by the pooled McNemar test over the same images
+    (the more powerful of the two; the seed test is in the table): ``ahead``, ``behind`` or ``level``
+    (two-sided p >= ALPHA)."""
+    verdict: dict[str, list[str]] = {"ahead": [], "behind": [], "level": []}
+    for r in rows:
+        if r["strategy"] == "entropy" and r["complete"] and "vs_random" in r:
+            i = r["vs_random"]["images"]
+            verdict["level" if i["p"] >= ALPHA else "ahead" if i["difference"] > 0 else "behind"].append(r["config"])
+    return verdict
 
 
 # ---------------------------------------------------------------- report
@@ -289,30 +317,54 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None) -> str:
     else:
         lines.append(f"**{choice['config']}**: {100 * choice['reduction_vs_full'][0]:.1f}% fewer trainable "
                      f"parameters than full fine-tuning, accuracy {paper.fmt(choice['accuracy'])}, the fewest "
-                     "parameters among the configurations with every seed done whose accuracy is not significantly "
-                     f"below full's (one-sided p >= {ALPHA} over seeds and over images).")
+                     "parameters among full and the entropy rules that run on every architecture, with every seed "
+                     f"done, whose accuracy is not significantly below full's (one-sided p >= {ALPHA} over seeds "
+                     "and over images).")
+    fewest = fewest_holding(rows)
+    if fewest is not None and choice is not None and fewest["config"] != choice["config"]:
+        lines += ["", f"Of every strategy, random included, **{fewest['config']}** holds with the fewest: "
+                  f"{100 * fewest['reduction_vs_full'][0]:.1f}% fewer trainable parameters, accuracy "
+                  f"{paper.fmt(fewest['accuracy'])}. Where that is a random row, the entropy criterion does not "
+                  "earn its parameters against a random choice at these settings."]
+    verdict = against_random(rows)
+    if any(verdict.values()):
+        lines += ["", "## Entropy against random at the same trainable parameters", "",
+                  "Rules with every seed done, by the McNemar test over the same images (two-sided p < "
+                  f"{ALPHA}): entropy significantly **ahead** of random in {len(verdict['ahead'])} "
+                  f"({', '.join(verdict['ahead']) or 'none'}), significantly **behind** in {len(verdict['behind'])} "
+                  f"({', '.join(verdict['behind']) or 'none'}), level in {len(verdict['level'])} "
+                  f"({', '.join(verdict['level']) or 'none'})."]
     lines += ["", f"![accuracy against trainable parameters]({meta['name']}.png)", ""]
     return "\n".join(lines)
 
 
 def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> None:
-    """Accuracy against trainable parameters, one marker per configuration, full and the chosen default marked."""
+    """Accuracy against trainable parameters, one marker per configuration (a random match sits at its entropy
+    rule's count, so only entropy rules are labelled); full, the product's default, the paper's rule and the
+    default the evidence supports marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     styles = {"full": ("k", "s"), "entropy": ("tab:blue", "o"), "random": ("tab:orange", "^")}
     for r in rows:
         color, marker = styles[r["strategy"]]
         x, (y, err) = r["trainable_params"][0] / 1e6, r["accuracy"]
         ax.errorbar(x, y, yerr=err or 0, color=color, marker=marker, capsize=3, linestyle="none",
                     mfc="none" if not r["complete"] else color)
-        ax.annotate(r["rule"] or "full", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if r["strategy"] != "random":
+            ax.annotate(r["rule"] or "full", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
+    rings = [(f"entropy {DEFAULT_RULE}", "tab:purple", 160, "the product's default"),
+             (f"entropy {PAPER_RULE}", "tab:red", 160, "the paper's rule")]
     if choice is not None:
-        ax.scatter([choice["trainable_params"][0] / 1e6], [choice["accuracy"][0]], s=250, facecolors="none",
-                   edgecolors="green", linewidths=2, label=f"default by the evidence: {choice['config']}")
+        rings.append((choice["config"], "green", 320, "default by the evidence"))
+    by = {r["config"]: r for r in rows}
+    for config, color, size, what in rings:
+        if config in by:
+            ax.scatter([by[config]["trainable_params"][0] / 1e6], [by[config]["accuracy"][0]], s=size,
+                       facecolors="none", edgecolors=color, linewidths=2, label=f"{what}: {config}")
     for label, (color, marker) in styles.items():
         ax.plot([], [], color=color, marker=marker, linestyle="none", label=label)
     ax.set_xlabel("trainable parameters (millions)")
@@ -343,18 +395,35 @@ def restore_committed(path: Path, conf: dict, work: Path) -> None:
             paper.log(f"restored {config_name(run)} seed {run['seed']} from {path.name}")
 
 
+def write_report(args: argparse.Namespace, meta: dict, jobs: list[dict], work: Path) -> None:
+    """Write the results from every run done so far, in plan order, whichever invocation trained them: a
+    sweep that starts with new configurations keeps every finished run in its files from the first write."""
+    results = [{**json.loads(path.read_text()), "config": config_name(job), "strategy": job["strategy"],
+                "rule": job["rule"]}
+               for job in jobs if (path := work / f"result-{file_name(job)}.json").is_file()]
+    rows = summarize(results, args.seeds)
+    choice = default_choice(rows)
+    meta = {**meta, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "runs_done": len(results), "runs_planned": len(jobs)}
+    (args.results / f"{args.name}.json").write_text(json.dumps(
+        {"schema_version": 1, **meta, "summary": rows, "default": choice and choice["config"],
+         "entropy_vs_random": against_random(rows), "runs": results}) + "\n")
+    (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice))
+    write_plot(args.results / f"{args.name}.png", rows, choice, args.arch)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("ENTROPY_FT_NO_PROGRESS", "1")
     conf = paper.settings(args)
     work = paper.arch_dirs(args.cache / "rule-sweep-runs", conf)[args.arch]
     jobs = job_list(args)
+    restore_committed(args.results / f"{args.name}.json", conf, work)
     if args.plan:
         for k, job in enumerate(jobs, 1):
             done = (work / f"result-{file_name(job)}.json").is_file()
             print(f"{k:3d}  {'done' if done else '    '}  {config_name(job)}  seed {job['seed']}")
         return
-    restore_committed(args.results / f"{args.name}.json", conf, work)
     started = datetime.now(timezone.utc)
     dataset = paper.ensure_dataset(args.archive, args.image_size, args.cache)
     leak = paper.leaked_test_images(dataset)
@@ -367,7 +436,10 @@ def main(argv: list[str] | None = None) -> None:
                                    out=str(profile_dir), images=args.profile_images, device=args.device))
     command = provenance.command("benchmarks/rule_sweep.py", sys.argv[1:] if argv is None else argv)
     args.results.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
+    meta = {"name": args.name, "command": command, "arch": args.arch, "settings": conf,
+            "started": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": provenance.machine(),
+            "test_images": leak["test_images"], "alpha": ALPHA}
+    write_report(args, meta, jobs, work)  # what is already done, before the first run of minutes
     times: list[float] = []
     trained: dict[tuple, tuple[str, Path]] = {}  # (layers, seed) -> the first configuration that trained them
     for k, job in enumerate(jobs, 1):
@@ -392,23 +464,10 @@ def main(argv: list[str] | None = None) -> None:
                 "precision": args.precision, "num_workers": args.num_workers, "sigmas": args.sigmas,
                 "keep": leak["keep"].tolist(), "in_process": False})
             times.append(time.perf_counter() - t0)
-        result = {**json.loads(result_path.read_text()), "config": config_name(job), "strategy": job["strategy"],
-                  "rule": job["rule"]}
+        result = json.loads(result_path.read_text())
         paper.log(f"{what}: test accuracy {result['test']['shipped'][0]['accuracy']:.4f}, "
                   f"{result['trainable_params']:,} trainable, {result['epochs_run']} epochs")
-        results.append(result)
-        rows = summarize(results, args.seeds)
-        choice = default_choice(rows)
-        finished = datetime.now(timezone.utc)
-        meta = {"name": args.name, "command": command, "arch": args.arch, "settings": conf,
-                "started": started.strftime("%Y-%m-%d %H:%M UTC"), "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": provenance.machine(), "runs_done": len(results), "runs_planned": len(jobs),
-                "test_images": leak["test_images"], "alpha": ALPHA}
-        (args.results / f"{args.name}.json").write_text(json.dumps(
-            {"schema_version": 1, **meta, "summary": rows, "default": choice and choice["config"],
-             "runs": results}) + "\n")
-        (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice))
-        write_plot(args.results / f"{args.name}.png", rows, choice, args.arch)
+        write_report(args, meta, jobs, work)
     paper.log(f"wrote {args.results / (args.name + '.md')}")
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from entropy_ft.artifacts import Evaluation, ModelMeta
+from entropy_ft.selection.rules import PAPER_RULE
 from entropy_ft.steps import evaluate, finetune, ingest, profile, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         ingest.run(ingest.Config(sources=(str(args.archive),), out=str(data), image_size=args.image_size, seed=seed))
     if not (prof / "profile.json").exists():
         profile.run(profile.Config(dataset=str(data), arch=args.arch, weights=weights, out=str(prof), seed=seed))
-    select.run(select.Config(profile=str(prof), strategy="entropy", out=str(sel)))
+    # the paper's rule, as the committed results were made; the cache key does not version the rule
+    select.run(select.Config(profile=str(prof), strategy="entropy", rule=PAPER_RULE, out=str(sel)))
     rows = []
     for sigma_max, p in args.configs:
         name = f"e{args.epochs}-noise-{sigma_max:g}-{p:g}"

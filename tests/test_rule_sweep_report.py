@@ -11,9 +11,24 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from rule_sweep import default_choice, job_list, markdown, over_images, parse_args, summarize  # noqa: E402
+from rule_sweep import (  # noqa: E402
+    against_random,
+    default_choice,
+    fewest_holding,
+    job_list,
+    markdown,
+    over_images,
+    parse_args,
+    summarize,
+)
 
 LABELS = [i % 4 for i in range(200)]
+META = {"name": "t", "command": "c", "arch": "resnet18", "started": "s", "finished": "f", "test_images": 200,
+        "machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "gpu": None, "python": "3", "torch": "2",
+                    "torchvision": "0"},
+        "settings": {"image_size": 128, "epochs": 12, "patience": 3, "batch_size": 32, "lr": 0.001,
+                     "train_noise": {"sigma_max": 0.2, "p": 0.5}, "profile_images": 512,
+                     "weights": {"resnet18": "w.pt"}}}
 
 
 def run(strategy: str, rule: str | None, seed: int, wrong: list[int], params: int) -> dict:
@@ -59,16 +74,35 @@ def test_the_default_is_the_cheapest_rule_not_significantly_below_full_with_ever
     assert by["entropy budget:0.9"]["vs_random"]["images"]["only_b_right"] == 4  # images 0, 1, 2, and 50
     assert not by["entropy budget:0.75"]["complete"]
     assert default_choice(rows)["config"] == "entropy budget:0.9"
-    meta = {"name": "t", "command": "c", "arch": "resnet18", "started": "s", "finished": "f", "runs_done": 13,
-            "runs_planned": 63, "test_images": 200,
-            "machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "gpu": None, "python": "3", "torch": "2",
-                        "torchvision": "0"},
-            "settings": {"image_size": 128, "epochs": 12, "patience": 3, "batch_size": 32, "lr": 0.001,
-                         "train_noise": {"sigma_max": 0.2, "p": 0.5}, "profile_images": 512,
-                         "weights": {"resnet18": "w.pt"}}}
+    meta = {**META, "runs_done": 13, "runs_planned": 63}
     text = markdown(meta, rows, default_choice(rows))
     assert "**13 of 63 runs done**" in text and "**entropy budget:0.9**: 10.0% fewer" in text
     assert np.isclose(by["random budget:0.9"]["accuracy"][0], 1 - 1 / 200)
+
+
+def test_random_and_stage_rules_are_never_the_default_but_the_report_names_a_cheaper_random_that_holds():
+    results = []
+    for s in range(3):
+        results += [
+            run("full", None, s, wrong=[s], params=1000),
+            run("entropy", "budget:0.5", s, wrong=list(range(40 + s)), params=500),  # far behind full and random
+            run("random", "budget:0.5", s, wrong=[s + 1], params=500),  # level with full, cheapest that holds
+            run("entropy", "stage-budget:0.75", s, wrong=[s], params=600),  # holds, but needs stages
+            run("entropy", "budget:0.9", s, wrong=[s], params=900),
+            run("random", "stage-budget:0.75", s, wrong=[s + 1], params=600),
+            run("random", "budget:0.9", s, wrong=[s + 2], params=900),
+        ]
+    rows = summarize(results, seeds=3)
+    assert default_choice(rows)["config"] == "entropy budget:0.9"
+    assert fewest_holding(rows)["config"] == "random budget:0.5"
+    verdict = against_random(rows)
+    assert verdict == {"ahead": [], "behind": ["entropy budget:0.5"],
+                       "level": ["entropy stage-budget:0.75", "entropy budget:0.9"]}
+    meta = {**META, "runs_done": 15, "runs_planned": 15}
+    text = markdown(meta, rows, default_choice(rows))
+    assert "**random budget:0.5** holds with the fewest: 50.0% fewer" in text
+    assert "significantly **behind** in 1 (entropy budget:0.5)" in text
+    assert "significantly **ahead** of random in 0 (none)" in text
 
 
 def test_no_default_before_any_rule_has_every_seed():
