@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from entropy_ft.selection.rules import PAPER_RULE, RULED
 from entropy_ft.steps import evaluate, finetune, ingest, profile, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,9 @@ def run_variant(name: str, changes: dict, work: Path, seed: int = 0) -> dict:
     ingest.run(ingest.Config(sources=(s["data"],), out=str(ds), image_size=s["image_size"], seed=seed))
     profile.run(profile.Config(dataset=str(ds), arch="resnet18", weights=weights, out=str(prof), seed=seed,
                                images=s["profile_images"]))
-    select.run(select.Config(profile=str(prof), strategy=s["strategy"], out=str(sel), seed=seed))
+    # the paper's rule, as the committed results were made
+    select.run(select.Config(profile=str(prof), strategy=s["strategy"], out=str(sel), seed=seed,
+                             rule=PAPER_RULE if s["strategy"] in RULED else None))
     finetune.run(finetune.Config(dataset=str(ds), selection=str(sel), out=str(model), epochs=s["epochs"],
                                  batch_size=s["batch_size"], train_noise=s["train_noise"], seed=seed))
     evaluate.run(evaluate.Config(model=str(model), dataset=str(ds), out=str(ev), noise=SIGMAS, seed=seed))

@@ -11,7 +11,7 @@ against full, head-only and random (matched budget) fine-tuning, over several se
 
 Steps, all through the library: the archive is ingested once per image size (cached under
 ``--cache``); per architecture one entropy profile (``steps.profile``) and the selections
-(``steps.select``: entropy with the default rule, full, head, and random with the entropy
+(``steps.select``: entropy with the paper's below-mean rule, full, head, and random with the entropy
 selection's parameter budget, one draw per seed); per (architecture, strategy, seed) one
 fine-tuning run (``steps.finetune``) in a fresh process, so its peak memory is its own, then
 test predictions at every noise sigma (``entropy_ft.evaluation.noise``, exactly as ``steps.evaluate``
@@ -74,7 +74,7 @@ import numpy as np
 import provenance
 import stand_in_weights
 
-from entropy_ft.selection.rules import STRATEGIES
+from entropy_ft.selection.rules import PAPER_RULE, RULED, STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = Path(os.environ.get("ENTROPY_FT_KAGGLE_ZIP",
@@ -384,7 +384,7 @@ def has_new_metrics(result: dict) -> bool:
 
 
 def job_list(args) -> list[dict]:
-    """The grid (arch x seed x strategy, the default rule), then the budget sweep (arch x budget x seed,
+    """The grid (arch x seed x strategy, the paper's below-mean rule), then the budget sweep (arch x budget x seed,
     entropy and random under ``budget:F``), in the order they run."""
     grid = [{"arch": a, "strategy": st, "seed": sd, "budget": None}
             for a in args.archs for sd in range(args.seeds) for st in args.strategies]
@@ -416,7 +416,8 @@ def prepare_arch(args, arch: str, dataset: Path, work: Path, jobs: list[dict]) -
         if not (out / "selection.json").is_file():
             select.run(select.Config(profile=str(profile_dir), strategy=job["strategy"], out=str(out),
                                      seed=job["seed"] if seeded else 0,
-                                     rule=f"budget:{job['budget']:g}" if job["budget"] is not None else None))
+                                     rule=f"budget:{job['budget']:g}" if job["budget"] is not None
+                                     else PAPER_RULE if job["strategy"] in RULED else None))
         selections[job_name(job)] = str(out / "selection.json")
     return selections
 
@@ -427,7 +428,7 @@ def selection_stability(args, arch: str, dataset: Path, work: Path) -> dict:
     seed 0's bootstrap estimate of the same (None for a profile made without resamples)."""
     from entropy_ft.artifacts import Profile
     from entropy_ft.model.archs import backbone
-    from entropy_ft.selection.rules import DEFAULT_RULE, parse_rule, select_by_entropy
+    from entropy_ft.selection.rules import parse_rule, select_by_entropy
     from entropy_ft.selection.stability import summarize
     from entropy_ft.steps import profile
 
@@ -440,7 +441,7 @@ def selection_stability(args, arch: str, dataset: Path, work: Path) -> dict:
                                        images=args.profile_images, device=args.device, seed=seed))
         profiles.append(Profile.read(str(out)))
     structure = backbone(arch, profiles[0].num_classes)
-    rule = parse_rule(DEFAULT_RULE)
+    rule = parse_rule(PAPER_RULE)
     selections = [select_by_entropy(p.entropies(), structure.costs, rule) for p in profiles]
     boot = profiles[0].bootstrap
     return {"rule": str(rule), "seeds": len(profiles), "costs": structure.costs, "selections": selections,

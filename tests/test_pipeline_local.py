@@ -12,6 +12,8 @@ import pytest
 from dicomfiles import pilot_cohort
 from imagefiles import write_tree
 
+from entropy_ft.selection.rules import DEFAULT_RULE, DEFAULT_STRATEGY
+
 TINY = ["--data", "synthetic:120", "--image-size", "32", "--weights", "none", "--profile-images", "24",
         "--bins", "64", "--batch-size", "16", "--noise", "0,0.2"]
 
@@ -46,7 +48,7 @@ def test_training_pipeline_produces_every_artifact(training_run):
     assert profile["num_images"] == 24
 
     selection = json.loads((out["selection"] / "selection.json").read_text())
-    assert selection["strategy"] == "entropy" and selection["rule"] == "below-mean"
+    assert selection["strategy"] == DEFAULT_STRATEGY and selection["rule"] == DEFAULT_RULE
     assert 0 < selection["reduction_vs_full"] < 1
 
     model = json.loads((out["model"] / "model.json").read_text())

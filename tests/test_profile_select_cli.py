@@ -13,6 +13,7 @@ import pytest
 
 from entropy_ft.cli import main
 from entropy_ft.model.factory import build_model, conv_layers
+from entropy_ft.selection.rules import PAPER_RULE
 from entropy_ft.steps import profile, select
 
 
@@ -135,13 +136,15 @@ def _constructed_profile(profiled: Path, tmp_path: Path, below_in: int, resample
 @pytest.mark.parametrize(("stability", "with_near"), [(0.0, True), (0.5, False), (0.3, True), (1.0, False)])
 def test_stability_keeps_only_layers_selected_in_enough_resamples(profiled, tmp_path, stability, with_near):
     constructed, low = _constructed_profile(profiled, tmp_path, below_in=3)
-    summary = select.run(select.Config(profile=str(constructed), out=str(tmp_path / "s"), stability=stability))
+    summary = select.run(select.Config(profile=str(constructed), strategy="entropy", rule=PAPER_RULE,
+                                       out=str(tmp_path / "s"), stability=stability))
     data = json.loads((tmp_path / "s" / "selection.json").read_text())
     assert set(data["layers"]) == set(low) | ({NEAR} if with_near else set())
     assert data["stability"]["frequency"][NEAR] == 0.3 and data["stability"]["threshold"] == (stability or None)
     assert all(data["stability"]["frequency"][n] == 1.0 for n in low)
     assert data["stability"]["distinct_sets"] == 2 == summary["resampled_distinct_sets"]
-    select.run(select.Config(profile=str(constructed), strategy="random", out=str(tmp_path / "r"), stability=stability))
+    select.run(select.Config(profile=str(constructed), strategy="random", rule=PAPER_RULE, out=str(tmp_path / "r"),
+                             stability=stability))
     assert json.loads((tmp_path / "r" / "selection.json").read_text())["budget_params"] == summary["trainable_params"]
 
 
@@ -153,7 +156,8 @@ def test_select_without_a_bootstrapped_profile_records_no_stability(profiled, tm
     select.run(select.Config(profile=str(tmp_path / "plain"), out=str(tmp_path / "s")))
     assert json.loads((tmp_path / "s" / "selection.json").read_text())["stability"] is None
     assert "Stability" not in (tmp_path / "s" / "selection.html").read_text()
-    assert main(["select", str(tmp_path / "plain"), "--stability", "0.5", "--out", str(tmp_path / "s2")]) == 2
+    assert main(["select", str(tmp_path / "plain"), "--strategy", "entropy", "--stability", "0.5",
+                 "--out", str(tmp_path / "s2")]) == 2
     err = capsys.readouterr().err
     assert f"--stability 0.5: {tmp_path / 'plain' / 'profile.json'} has no bootstrap resamples" in err
     assert not (tmp_path / "s2").exists()
@@ -208,7 +212,8 @@ def test_bad_input_exits_2_with_its_message(argv, message, synthetic_dataset, pr
 
 def test_a_stage_rule_spreads_the_selection_over_depth_and_is_refused_without_stages(
         profiled, synthetic_dataset, tmp_path, capsys, caplog):
-    summary = select.run(select.Config(profile=str(profiled), rule="stage-budget:0.5", out=str(tmp_path / "st")))
+    summary = select.run(select.Config(profile=str(profiled), strategy="entropy", rule="stage-budget:0.5",
+                                       out=str(tmp_path / "st")))
     data = json.loads((tmp_path / "st" / "selection.json").read_text())
     assert data["rule"] == "stage-budget:0.5" and summary["rule"] == "stage-budget:0.5"
     assert {name.split(".")[0] for name in data["layers"]} == {"layer1", "layer2", "layer3", "layer4"}
@@ -220,11 +225,13 @@ def test_a_stage_rule_spreads_the_selection_over_depth_and_is_refused_without_st
                  "--out", str(tmp_path / "sq")]) == 0
     capsys.readouterr()
     for rule in ("stage-below-mean", "stage-budget:0.5"):
-        assert main(["select", str(tmp_path / "sq"), "--rule", rule, "--out", str(tmp_path / "sq-sel")]) == 2
+        assert main(["select", str(tmp_path / "sq"), "--strategy", "entropy", "--rule", rule,
+                     "--out", str(tmp_path / "sq-sel")]) == 2
         err = capsys.readouterr().err
         assert f"--rule {rule}: squeezenet1_1 has no stages" in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "sq-sel").exists()
-    assert main(["select", str(tmp_path / "sq"), "--rule", "budget:0.5", "--out", str(tmp_path / "sq-sel")]) == 0
+    assert main(["select", str(tmp_path / "sq"), "--strategy", "entropy", "--rule", "budget:0.5",
+                 "--out", str(tmp_path / "sq-sel")]) == 0
     assert "by depth: first third " in caplog.text
 
 

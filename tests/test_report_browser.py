@@ -61,7 +61,8 @@ def test_selection_html_renders_the_stability_section(synthetic_dataset, tmp_pat
     browser = _chromium()
     assert main(["profile", str(synthetic_dataset), "--weights", "none", "--images", "32", "--batch-size", "8",
                  "--bootstrap", "30", "--out", str(tmp_path / "profile")]) == 0
-    assert main(["select", str(tmp_path / "profile"), "--stability", "0.5", "--out", str(tmp_path / "sel")]) == 0
+    assert main(["select", str(tmp_path / "profile"), "--strategy", "entropy", "--stability", "0.5",
+                 "--out", str(tmp_path / "sel")]) == 0
     page = (tmp_path / "sel" / "selection.html").as_uri()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout

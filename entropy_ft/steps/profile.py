@@ -34,7 +34,7 @@ from entropy_ft.selection.entropy import (
     profile_entropy,
     tap_points,
 )
-from entropy_ft.selection.rules import DEFAULT_RULE, parse_rule
+from entropy_ft.selection.rules import DEFAULT_RULE, PAPER_RULE, parse_rule
 from entropy_ft.selection.stability import resampled_selections, summarize
 
 
@@ -135,16 +135,16 @@ def run(cfg: Config) -> dict:
 
 def _bootstrap(results: list[LayerEntropy], resamples: int, batches: int, cfg: Config, num_classes: int) -> dict | None:
     """profile.json's ``bootstrap``: each layer's entropy on every resample (forward order), and the
-    default rule's selection frequencies and cost spread over them; None without resamples."""
+    default and the paper's rules' selection frequencies and cost spread over them; None without resamples."""
     if not resamples:
         return None
     structure = backbone(cfg.arch, num_classes)
     resampled = [{r.name: r.resampled[i] for r in results} for i in range(resamples)]
-    rule = parse_rule(DEFAULT_RULE)
     return {
         "resamples": resamples, "seed": cfg.seed, "unit": "batch", "batches": batches, "batch_size": cfg.batch_size,
         "entropies": {r.name: list(r.resampled) for r in results},
-        "rules": {str(rule): summarize(resampled_selections(resampled, structure.costs, rule), structure)},
+        "rules": {str(rule): summarize(resampled_selections(resampled, structure.costs, rule), structure)
+                  for rule in map(parse_rule, (DEFAULT_RULE, PAPER_RULE))},
     }
 
 

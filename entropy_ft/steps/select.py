@@ -25,6 +25,9 @@ from entropy_ft.model.archs import Backbone, backbone, check_arch
 from entropy_ft.options import Options, at_least, between, option
 from entropy_ft.selection.rules import (
     DEFAULT_RULE,
+    DEFAULT_STRATEGY,
+    EVIDENCE,
+    PAPER_RULE,
     RULED,
     STRATEGIES,
     Rule,
@@ -45,14 +48,18 @@ def _rule_problem(text: str) -> str | None:
 @dataclass(frozen=True, kw_only=True)
 class Config(Options):
     profile: str = option(flag="PROFILE", help="profile directory or profile.json (local or s3://)")
-    strategy: str = option("entropy", choices=STRATEGIES, help="entropy rule, or a baseline: full, head, random")
+    strategy: str = option(DEFAULT_STRATEGY, choices=STRATEGIES,
+                           help="entropy (layers chosen by an entropy rule) or a baseline: full, head, random (seeded "
+                                "random layers with the parameter count of --rule's entropy selection; the default, "
+                                "chosen on paired evidence: benchmarks/results/rule-sweep.md)")
     out: str = option(help="output directory or s3:// prefix (selection.json, selection.html)")
     rule: str | None = option(
         None, check=_rule_problem,
-        help=f"{DEFAULT_RULE} (default; below the mean over all layers), stage-below-mean (below the mean of the "
-             "layer's stage), quantile:Q (lowest Q of layers), budget:F (lowest-entropy layers filling F of the "
-             "backbone parameters) or stage-budget:F (budget:F within each stage); Q, F in (0, 1]; for random, the "
-             "entropy selection whose parameter count it matches; full and head take no rule")
+        help=f"budget:F (lowest-entropy layers filling F of the backbone parameters; default {DEFAULT_RULE}), "
+             f"{PAPER_RULE} (the paper's: below the mean over all layers), stage-below-mean (below the mean of the "
+             "layer's stage), quantile:Q (lowest Q of layers) or stage-budget:F (budget:F within each stage); Q, F "
+             "in (0, 1]; for random, the entropy selection whose parameter count it matches; full and head take no "
+             "rule")
     stability: float = option(
         0.0, check=between(0, 1, "(a share of resamples; 0 is off)"),
         help="keep only the layers the rule selects in at least this share of the profile's bootstrap resamples "
@@ -265,7 +272,7 @@ def _notes(selection: Selection, structure: Backbone) -> list[str]:
         f"{depth_text(selection.layers, structure)}.",
         f"profile {selection.profile} (sha256 {selection.profile_sha256}), tap {selection.tap}, "
         f"estimator {selection.estimator}.",
-    ]
+    ] + ([EVIDENCE] if selection.strategy in RULED else [])
 
 
 def _table(
