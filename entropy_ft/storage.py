@@ -8,6 +8,7 @@ never sees half a file or half an artifact directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entropy_ft.errors import UserError, short
+from entropy_ft.logs import log
 
 
 def is_s3(uri: str) -> bool:
@@ -199,20 +201,56 @@ def output_dir(uri: str) -> Iterator[Path]:
         return
     final = Path(uri).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the artifact is not
-    try:
-        yield staging
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-            os.replace(final, trash / "old")
-            os.replace(staging, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-    finally:
-        if staging.exists():
+    _clear_dead_writers(final)
+    fd, lock_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.staging-", suffix=".lock")
+    with os.fdopen(fd, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while this writer lives; the kernel drops it when it dies
+        staging, trash = _beside(Path(lock_name))
+        staging.mkdir(mode=0o755)
+        try:
+            yield staging
+            if final.exists():
+                trash.mkdir()
+                os.replace(final, trash / "old")
+                os.replace(staging, final)
+            else:
+                os.replace(staging, final)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)
+            Path(lock_name).unlink(missing_ok=True)
+
+
+def _beside(lock: Path) -> tuple[Path, Path]:
+    """A writer's staging directory and the directory its predecessor's artifact is moved to."""
+    stem = lock.name.removesuffix(".lock")
+    return lock.with_name(stem), lock.with_name(stem + ".old")
+
+
+def _clear_dead_writers(final: Path) -> None:
+    """Remove what killed writers of ``final`` left beside it, so reruns after SIGKILLs do not pile up
+    half-written copies. A writer is dead when its lock file can be locked: the kernel releases a
+    flock when its holder dies, however it dies. A live writer's files are left alone. If a writer
+    died between moving the old artifact aside and moving its new one in, the old one is put back."""
+    for lock_path in sorted(final.parent.glob(f".{final.name}.staging-*.lock")):
+        staging, trash = _beside(lock_path)
+        try:
+            lock = lock_path.open("a")
+        except FileNotFoundError:
+            continue  # its writer finished meanwhile
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a writer at work
+            if (trash / "old").exists() and not final.exists():
+                os.replace(trash / "old", final)
+                log.warning("%s: a writer was killed while replacing it; the earlier artifact is back", final)
+            for leftover in (staging, trash):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    log.info("removed %s, left by a writer that was killed", leftover)
+            lock_path.unlink(missing_ok=True)
 
 
 def upload_dir(local: Path, uri: str) -> None:

@@ -155,3 +155,49 @@ def test_ingest_killed_mid_write_leaves_the_last_complete_dataset_and_a_rerun_re
     assert cli.main(["ingest", str(week2), "--out", str(out), *FAST]) == 0
     assert sum(load_manifest(out).totals.values()) == 4 * 66
     assert sum(len(read_split(out, s, ["label"])) for s in ("train", "val", "test")) == 4 * 66
+    assert not list(tmp_path.glob(".weekly.*"))  # the killed writer's staging is gone with the rerun
+    assert "left by a writer that was killed" in capsys.readouterr().err
+
+
+def test_a_live_writers_staging_is_left_alone(tmp_path):
+    """Two writers of one artifact at once: the second does not take the first's staging for a dead
+    writer's, and the one that finishes last is the artifact."""
+    out = tmp_path / "model"
+    with storage.output_dir(str(out)) as first:
+        (first / "who").write_text("first")
+        with storage.output_dir(str(out)) as second:
+            assert first.is_dir() and (first / "who").read_text() == "first"
+            (second / "who").write_text("second")
+        assert (out / "who").read_text() == "second"
+    assert (out / "who").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+KILL_WHILE_SWAPPING = """
+import os, signal, sys
+from pathlib import Path
+from entropy_ft import storage
+real = os.replace
+def replace(src, dst):  # the old artifact moved aside, then SIGKILL before the new one moves in
+    real(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)
+storage.os.replace = replace
+with storage.output_dir(sys.argv[1]) as staging:
+    (staging / "version").write_text("2")
+"""
+
+
+def test_a_writer_killed_while_swapping_artifacts_leaves_the_earlier_one_for_the_next_writer(tmp_path):
+    """SIGKILL in the instant between moving the old artifact aside and moving the new one in: the
+    next writer of that path puts the old one back before it starts, so even a step that then fails
+    leaves the last complete artifact where it was."""
+    out = tmp_path / "eval"
+    with storage.output_dir(str(out)) as staging:
+        (staging / "version").write_text("1")
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_SWAPPING, str(out)], capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not out.exists()
+    with pytest.raises(RuntimeError), storage.output_dir(str(out)):
+        raise RuntimeError("this step fails too")
+    assert (out / "version").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
