@@ -33,12 +33,13 @@ def bar_figure(
     errors: Sequence[float] | None = None,
     highlight: Collection[str] = (),
     legend: tuple[str, str] | None = None,
-    hline: tuple[float, str] | None = None,
+    hline: tuple[float | Sequence[float], str] | None = None,
 ) -> Figure:
     """One bar per label; bars named in ``highlight`` stand out.
 
     ``legend`` names (plain bars, highlighted bars); ``hline`` is (value, label) for a
-    reference line such as the mean.
+    reference line such as the mean, or (one value per bar, label) for one that steps from bar
+    to bar, such as each stage's mean.
     """
     fig = Figure(figsize=(max(6.0, 0.3 * len(labels) + 2.0), 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -49,7 +50,12 @@ def bar_figure(
     if legend is not None:
         handles += [Patch(color=BASE_COLOR, label=legend[0]), Patch(color=HIGHLIGHT_COLOR, label=legend[1])]
     if hline is not None:
-        handles.append(ax.axhline(hline[0], color="#343a40", linestyle="--", linewidth=1, label=hline[1]))
+        line = {"color": "#343a40", "linestyle": "--", "linewidth": 1, "label": hline[1]}
+        if isinstance(hline[0], Sequence):
+            handles += ax.plot([x for i in range(len(labels)) for x in (i - 0.5, i + 0.5)],
+                               [y for y in hline[0] for _ in range(2)], **line)
+        else:
+            handles.append(ax.axhline(hline[0], **line))
     if handles:
         fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), frameon=False)
     _style(ax, title, ylabel)
@@ -179,14 +185,24 @@ def write_report(
     return {"html": f"{stem}.html", "png": f"{stem}.png"}
 
 
-def entropy_figure(layers: Sequence[Mapping], selected: Collection[str] | None = None, title: str = "") -> Figure:
+def entropy_figure(layers: Sequence[Mapping], selected: Collection[str] | None = None, title: str = "",
+                   stages: Mapping[str, str] | None = None) -> Figure:
     """Entropy per layer (profile.json ``layers`` rows) with its batch std and the mean over layers.
 
-    With ``selected`` (a selection exists) those layers are highlighted.
+    With ``selected`` (a selection exists) those layers are highlighted. With ``stages`` (layer ->
+    stage, for a rule that compares layers within their stage) the dashed line is each stage's
+    mean, the reference that rule used, instead of the mean over every layer.
     """
     names = [row["name"] for row in layers]
     values = [row["entropy"] for row in layers]
-    mean = sum(values) / len(values)
+    mean: float | list[float] = sum(values) / len(values)
+    label = f"mean {mean:.3f} bits"
+    if stages is not None:
+        groups: dict[str, list[float]] = {}
+        for name, value in zip(names, values, strict=True):
+            groups.setdefault(stages[name], []).append(value)
+        mean = [sum(groups[stages[n]]) / len(groups[stages[n]]) for n in names]
+        label = "mean of its stage"
     return bar_figure(
         names,
         values,
@@ -195,5 +211,5 @@ def entropy_figure(layers: Sequence[Mapping], selected: Collection[str] | None =
         errors=[row["entropy_std"] for row in layers],
         highlight=selected or (),
         legend=("frozen", "selected (unfrozen)") if selected is not None else None,
-        hline=(mean, f"mean {mean:.3f} bits"),
+        hline=(mean, label),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from entropy_ft import plots
 from entropy_ft.cli import main
 from entropy_ft.model.factory import build_model, conv_layers
 from entropy_ft.selection.rules import PAPER_RULE
@@ -219,6 +220,7 @@ def test_a_stage_rule_spreads_the_selection_over_depth_and_is_refused_without_st
     assert {name.split(".")[0] for name in data["layers"]} == {"layer1", "layer2", "layer3", "layer4"}
     html = (tmp_path / "st" / "selection.html").read_text()
     assert "Where they sit in depth" in html and "layer4 " in html
+    assert "mean of its stage" in html  # the reference the rule used, not the mean over all layers
     assert "by depth: stem 0/1, layer1 2/4 (50% of its parameters), layer2 " in caplog.text
 
     assert main(["profile", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--images", "8",
@@ -255,3 +257,14 @@ def test_console_script_profiles_and_selects_end_to_end(synthetic_dataset, tmp_p
     assert sel["rule"] == "budget:0.3" and sel["tap"] == "relu"
     assert sel["trainable_params"] - 2_052 <= 0.3 * (11_178_564 - 2_052)
     assert "selected" in proc.stderr and "layer4.1.conv2" in proc.stderr  # the layer table
+
+
+def test_the_entropy_figure_draws_each_stages_mean_for_a_stage_rule_and_one_mean_otherwise():
+    layers = [{"name": n, "entropy": e, "entropy_std": 0.0} for n, e in (("a.0", 1.0), ("a.1", 3.0), ("b.0", 5.0))]
+    stages = {"a.0": "a", "a.1": "a", "b.0": "b"}
+
+    def dashed(fig):
+        return [list(line.get_ydata()) for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+
+    assert dashed(plots.entropy_figure(layers, selected={"a.0"}, stages=stages)) == [[2.0, 2.0, 2.0, 2.0, 5.0, 5.0]]
+    assert dashed(plots.entropy_figure(layers, selected={"a.0"})) == [[3.0, 3.0]]

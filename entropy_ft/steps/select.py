@@ -146,7 +146,8 @@ def run(cfg: Config) -> dict:
     print(format_table(profile.layers, set(layers), frequency), file=sys.stderr)
     with storage.output_dir(cfg.out) as tmp:
         selection.write(tmp)
-        fig = plots.entropy_figure(profile.layers, selected=layers, title=f"{arch}: {_label(selection)}")
+        fig = plots.entropy_figure(profile.layers, selected=layers, title=f"{arch}: {_label(selection)}",
+                                   stages=structure.stages if rule is not None and rule.needs_stages else None)
         report = plots.write_report(tmp, "selection", f"Layer selection: {arch}, {_label(selection)}", fig,
                                     notes=_notes(selection, structure),
                                     table=_table(profile.layers, set(layers), frequency),
