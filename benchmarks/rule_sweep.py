@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
             paper.log(f"{what}: the same layers as {same[0]}, whose run it shares")
             result_path.write_text(json.dumps({**json.loads(same[1].read_text()), "same_run_as": same[0]}) + "\n")
         if not result_path.is_file():
-            eta = f", about {statistics.mean(times) * (len(jobs) - k + 1) / 60:.0f} min left" if times else ""
+            left = sum(not (work / f"result-{file_name(j)}.json").is_file() for j in jobs[k - 1:])
+            eta = f", about {statistics.mean(times) * left / 60:.0f} min left for {left} runs" if times else ""
             paper.log(f"{what}: fine-tuning up to {args.epochs} epochs{eta}")
             t0 = time.perf_counter()
             paper.run_isolated({
