@@ -231,12 +231,12 @@ def holds(row: dict) -> bool:
         or (vs[k]["p_worse"] is not None and vs[k]["p_worse"] >= ALPHA) for k in ("seeds", "images"))
 
 
-def default_choice(rows: list[dict]) -> dict | None:
+def default_choice(rows: list[dict], stages: bool = False) -> dict | None:
     """The default the evidence supports: of full and every configuration that runs on every architecture
     (a stage rule cannot be SqueezeNet's default), random layers included, the fewest trainable parameters
-    that hold."""
+    that hold. ``stages=True`` admits the stage rules too: the choice for a ResNet alone."""
     ok = [r for r in rows if r["complete"] and holds(r)
-          and (r["rule"] is None or not parse_rule(r["rule"]).needs_stages)]
+          and (stages or r["rule"] is None or not parse_rule(r["rule"]).needs_stages)]
     return min(ok, key=lambda r: r["trainable_params"][0]) if ok else None
 
 
@@ -250,6 +250,32 @@ def against_random(rows: list[dict]) -> dict[str, list[str]]:
             i = r["vs_random"]["images"]
             verdict["level" if i["p"] >= ALPHA else "ahead" if i["difference"] > 0 else "behind"].append(r["config"])
     return verdict
+
+
+def breadth(results: list[dict]) -> dict:
+    """What tracks accuracy across the runs: how many conv layers were trained or how many parameters.
+
+    Over every run (a run two configurations share counted once), the Spearman correlation of clean accuracy
+    with each; and, for each entropy run and its random match on the same seed (the same parameter count by
+    construction), whether the one that trained more layers was the more accurate: if breadth matters at a
+    fixed parameter count, it is."""
+    from scipy import stats
+
+    runs = [r for r in results if "same_run_as" not in r]
+    acc = [r["test"]["shipped"][0]["accuracy"] for r in runs]
+    by = {(r["config"], r["seed"]): r for r in runs}
+    more_layers = {"ahead": 0, "behind": 0, "tied": 0}
+    for r in runs:
+        match = by.get((f"random {r['rule']}", r["seed"])) if r["strategy"] == "entropy" else None
+        if match is None or match["selected_layers"] == r["selected_layers"]:
+            continue
+        wide, narrow = sorted((r, match), key=lambda x: -x["selected_layers"])
+        gap = wide["test"]["shipped"][0]["accuracy"] - narrow["test"]["shipped"][0]["accuracy"]
+        more_layers["ahead" if gap > 0 else "behind" if gap < 0 else "tied"] += 1
+    return {"runs": len(runs),
+            "spearman_layers": float(stats.spearmanr([r["selected_layers"] for r in runs], acc).statistic),
+            "spearman_params": float(stats.spearmanr([r["trainable_params"] for r in runs], acc).statistic),
+            "more_layers_at_the_same_params": more_layers}
 
 
 # ---------------------------------------------------------------- report
@@ -272,7 +298,7 @@ def _evidence(vs: dict | None) -> str:
             f"{_pp(i['ci'][1])}] ({i['only_a_right']}/{i['only_b_right']}) | {_p(i['p'])} ")
 
 
-def markdown(meta: dict, rows: list[dict], choice: dict | None) -> str:
+def markdown(meta: dict, rows: list[dict], choice: dict | None, spread: dict | None = None) -> str:
     s, m = meta["settings"], meta["machine"]
     lines = [
         f"# Selection rules against full fine-tuning and random layers ({meta['name']})", "",
@@ -315,6 +341,13 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None) -> str:
                      "parameters among full and the configurations that run on every architecture (random layers "
                      "included), with every seed done, whose accuracy is not significantly below full's (one-sided "
                      f"p >= {ALPHA} over seeds and over images).")
+        on_resnets = default_choice(rows, stages=True)
+        if on_resnets is not None and on_resnets is not choice:
+            lines += ["", f"With the stage rules admitted, which need a ResNet's stages: **{on_resnets['config']}**, "
+                      f"{100 * on_resnets['reduction_vs_full'][0]:.1f}% fewer, accuracy "
+                      f"{paper.fmt(on_resnets['accuracy'])}."]
+        lines += ["", f"The cheapest of {len(rows)} configurations that is not significantly below full is chosen, "
+                  "so a configuration can be chosen for a lucky draw: read its seeds' spread and its CI beside it."]
     verdict = against_random(rows)
     if any(verdict.values()):
         lines += ["", "## Entropy against random at the same trainable parameters", "",
@@ -323,6 +356,14 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None) -> str:
                   f"({', '.join(verdict['ahead']) or 'none'}), significantly **behind** in {len(verdict['behind'])} "
                   f"({', '.join(verdict['behind']) or 'none'}), level in {len(verdict['level'])} "
                   f"({', '.join(verdict['level']) or 'none'})."]
+    if spread and spread["runs"] > 2:
+        m = spread["more_layers_at_the_same_params"]
+        lines += ["", "## Layers or parameters: what tracks accuracy", "",
+                  f"Over the {spread['runs']} runs (a shared run once), clean accuracy's Spearman correlation with the "
+                  f"number of conv layers trained is {spread['spearman_layers']:+.2f}, with the trainable parameters "
+                  f"{spread['spearman_params']:+.2f}. Of the entropy runs and their random matches on the same seed "
+                  "(the same parameters) that trained different numbers of layers, the one with more layers was "
+                  f"ahead in {m['ahead']}, behind in {m['behind']} and level in {m['tied']}."]
     lines += ["", f"![accuracy against trainable parameters]({meta['name']}.png)", ""]
     return "\n".join(lines)
 
@@ -338,13 +379,16 @@ def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> 
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     styles = {"full": ("k", "s"), "entropy": ("tab:blue", "o"), "random": ("tab:orange", "^")}
+    labels: dict[tuple, list[str]] = {}  # rules that share a run (the same layers) share one label
     for r in rows:
         color, marker = styles[r["strategy"]]
         x, (y, err) = r["trainable_params"][0] / 1e6, r["accuracy"]
         ax.errorbar(x, y, yerr=err or 0, color=color, marker=marker, capsize=3, linestyle="none",
                     mfc="none" if not r["complete"] else color)
         if r["strategy"] != "random":
-            ax.annotate(r["rule"] or "full", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
+            labels.setdefault((x, y), []).append(r["rule"] or "full")
+    for (x, y), names in labels.items():
+        ax.annotate(" = ".join(names), (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
     rings = [(f"{DEFAULT_STRATEGY} {DEFAULT_RULE}", "tab:purple", 160, "the product's default"),
              (f"entropy {PAPER_RULE}", "tab:red", 160, "the paper's rule")]
     if choice is not None:
@@ -392,12 +436,14 @@ def write_report(args: argparse.Namespace, meta: dict, jobs: list[dict], work: P
                for job in jobs if (path := work / f"result-{file_name(job)}.json").is_file()]
     rows = summarize(results, args.seeds)
     choice = default_choice(rows)
+    spread = breadth(results)
     meta = {**meta, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "runs_done": len(results), "runs_planned": len(jobs)}
     (args.results / f"{args.name}.json").write_text(json.dumps(
         {"schema_version": 1, **meta, "summary": rows, "default": choice and choice["config"],
-         "entropy_vs_random": against_random(rows), "runs": results}) + "\n")
-    (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice))
+         "default_with_stages": (on_resnets := default_choice(rows, stages=True)) and on_resnets["config"],
+         "entropy_vs_random": against_random(rows), "breadth": spread, "runs": results}) + "\n")
+    (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice, spread))
     write_plot(args.results / f"{args.name}.png", rows, choice, args.arch)
 
 
@@ -437,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         selection = select_for(args, job, work, profile_dir)
         key = (tuple(json.loads(Path(selection).read_text())["layers"]), job["seed"])
         same = trained.setdefault(key, (config_name(job), result_path))
-        if same[1] != result_path and not result_path.is_file():  # the same layers and seed: the same run
+        new = not result_path.is_file()
+        if same[1] != result_path and new:  # the same layers and seed: the same run
             paper.log(f"{what}: the same layers as {same[0]}, whose run it shares")
             result_path.write_text(json.dumps({**json.loads(same[1].read_text()), "same_run_as": same[0]}) + "\n")
         if not result_path.is_file():
@@ -457,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         result = json.loads(result_path.read_text())
         paper.log(f"{what}: test accuracy {result['test']['shipped'][0]['accuracy']:.4f}, "
                   f"{result['trainable_params']:,} trainable, {result['epochs_run']} epochs")
-        write_report(args, meta, jobs, work)
+        if new:  # a run done before this invocation is in the report already
+            write_report(args, meta, jobs, work)
     paper.log(f"wrote {args.results / (args.name + '.md')}")
 
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from rule_sweep import (  # noqa: E402
     against_random,
+    breadth,
     default_choice,
     job_list,
     markdown,
@@ -93,7 +94,11 @@ def test_a_random_match_that_holds_with_fewer_parameters_is_the_default_but_a_st
         ]
     rows = summarize(results, seeds=3)
     assert default_choice(rows)["config"] == "random budget:0.5"
-    assert default_choice([r for r in rows if r["strategy"] != "random"])["config"] == "entropy budget:0.9"
+    entropy_only = [r for r in rows if r["strategy"] != "random"]
+    assert default_choice(entropy_only)["config"] == "entropy budget:0.9"
+    assert default_choice(entropy_only, stages=True)["config"] == "entropy stage-budget:0.75"
+    text = markdown({**META, "runs_done": 9, "runs_planned": 15}, entropy_only, default_choice(entropy_only))
+    assert "With the stage rules admitted, which need a ResNet's stages: **entropy stage-budget:0.75**" in text
     verdict = against_random(rows)
     assert verdict == {"ahead": [], "behind": ["entropy budget:0.5"],
                        "level": ["entropy stage-budget:0.75", "entropy budget:0.9"]}
@@ -102,6 +107,25 @@ def test_a_random_match_that_holds_with_fewer_parameters_is_the_default_but_a_st
     assert "**random budget:0.5**: 50.0% fewer trainable parameters" in text
     assert "significantly **behind** in 1 (entropy budget:0.5)" in text
     assert "significantly **ahead** of random in 0 (none)" in text
+
+
+def test_breadth_counts_whether_the_side_with_more_layers_led_at_the_same_parameters():
+    def layered(r: dict, layers: int) -> dict:
+        return {**r, "selected_layers": layers}
+
+    results = [layered(run("full", None, 0, wrong=[], params=1000), 20)]
+    for s in range(2):
+        results += [layered(run("entropy", "budget:0.5", s, wrong=list(range(9)), params=500), 6),
+                    layered(run("random", "budget:0.5", s, wrong=list(range(3)), params=500), 12)]
+    results += [layered(run("entropy", "budget:0.9", 0, wrong=[1], params=900), 18),  # as many layers: skipped
+                layered(run("random", "budget:0.9", 0, wrong=[2, 3], params=900), 18),
+                {**results[1], "config": "entropy stage-budget:0.5", "same_run_as": "entropy budget:0.5"}]
+    got = breadth(results)
+    assert got["runs"] == 7 and got["more_layers_at_the_same_params"] == {"ahead": 2, "behind": 0, "tied": 0}
+    assert got["spearman_layers"] > got["spearman_params"]  # params tie within each pair, layers do not
+    rows = summarize(results, seeds=2)
+    text = markdown({**META, "runs_done": 8, "runs_planned": 8}, rows, default_choice(rows), got)
+    assert "the one with more layers was ahead in 2, behind in 0 and level in 0" in text
 
 
 def test_no_default_before_any_rule_has_every_seed():
