@@ -272,10 +272,12 @@ def breadth(results: list[dict]) -> dict:
         wide, narrow = sorted((r, match), key=lambda x: -x["selected_layers"])
         gap = wide["test"]["shipped"][0]["accuracy"] - narrow["test"]["shipped"][0]["accuracy"]
         more_layers["ahead" if gap > 0 else "behind" if gap < 0 else "tied"] += 1
+    decided = more_layers["ahead"] + more_layers["behind"]
     return {"runs": len(runs),
             "spearman_layers": float(stats.spearmanr([r["selected_layers"] for r in runs], acc).statistic),
             "spearman_params": float(stats.spearmanr([r["trainable_params"] for r in runs], acc).statistic),
-            "more_layers_at_the_same_params": more_layers}
+            "more_layers_at_the_same_params": more_layers,
+            "sign_test_p": float(stats.binomtest(more_layers["ahead"], decided).pvalue) if decided else None}
 
 
 # ---------------------------------------------------------------- report
@@ -363,7 +365,9 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None, spread: dict | N
                   f"number of conv layers trained is {spread['spearman_layers']:+.2f}, with the trainable parameters "
                   f"{spread['spearman_params']:+.2f}. Of the entropy runs and their random matches on the same seed "
                   "(the same parameters) that trained different numbers of layers, the one with more layers was "
-                  f"ahead in {m['ahead']}, behind in {m['behind']} and level in {m['tied']}."]
+                  f"ahead in {m['ahead']}, behind in {m['behind']} and level in {m['tied']}"
+                  + (f" (two-sided sign test p = {_p(spread['sign_test_p'])})." if spread["sign_test_p"] is not None
+                     else ".")]
     lines += ["", f"![accuracy against trainable parameters]({meta['name']}.png)", ""]
     return "\n".join(lines)
 

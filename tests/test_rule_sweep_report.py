@@ -125,7 +125,8 @@ def test_breadth_counts_whether_the_side_with_more_layers_led_at_the_same_parame
     assert got["spearman_layers"] > got["spearman_params"]  # params tie within each pair, layers do not
     rows = summarize(results, seeds=2)
     text = markdown({**META, "runs_done": 8, "runs_planned": 8}, rows, default_choice(rows), got)
-    assert "the one with more layers was ahead in 2, behind in 0 and level in 0" in text
+    assert got["sign_test_p"] == pytest.approx(0.5)  # two of two ahead: binomtest(2, 2).pvalue
+    assert "the one with more layers was ahead in 2, behind in 0 and level in 0 (two-sided sign test p = 0.5" in text
 
 
 def test_no_default_before_any_rule_has_every_seed():
