@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -15,11 +15,25 @@ T = TypeVar("T")
 log = logging.getLogger("entropy_ft")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when each record arrives, not as it was when the handler
+    was made: where stderr is replaced (a notebook, kfp.local's runner, a test's capture) and the old one closed,
+    a handler that kept it would fail on every record after."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ sets it; always the current sys.stderr instead
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure the package logger once: one line per event on stderr."""
     if log.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
