@@ -549,9 +549,23 @@ def _auth_client(server):
                 "versions": len(client.search_model_versions(f"name='{MODEL}'"))}
 
 
-def test_register_logs_in_as_the_pipeline_user_and_leaks_no_password(auth_env, model_dir, tmp_path, capfd):
-    code, summary, err = register(capfd, model_dir, write_eval(tmp_path / "eval.json", 0.6), "--promote", "always")
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def registered(auth_users, model_dir, tmp_path_factory) -> tuple[dict, str]:
+    """One registration as the pipeline's user (``--promote always``), in a process of its own like a pipeline
+    pod: its JSON summary and stderr. The tests below share it, because against basic-auth every request checks
+    a password hash and one registration takes about 30 s on 2 cores."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": auth_users.url, "MLFLOW_EXPERIMENT_NAME": AUTH_EXPERIMENT,
+           "MLFLOW_TRACKING_USERNAME": PIPELINE_USER, "MLFLOW_TRACKING_PASSWORD": MARKER}
+    eval_uri = write_eval(tmp_path_factory.mktemp("registered") / "eval.json", 0.6)
+    proc = subprocess.run([sys.executable, "-m", "entropy_ft.cli", "register", str(model_dir), "--eval", eval_uri,
+                           "--model-name", MODEL, "--promote", "always"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_register_logs_in_as_the_pipeline_user_and_leaks_no_password(auth_env, registered):
+    summary, err = registered
     state = _auth_client(auth_env)
     assert state["aliases"] == {"champion": summary["version"], "challenger": summary["version"]}
 
@@ -569,11 +583,9 @@ def test_register_logs_in_as_the_pipeline_user_and_leaks_no_password(auth_env, m
 
 
 @pytest.mark.parametrize("login", ["wrong password", "no credentials"])
-def test_refused_login_exits_2_in_one_line_and_moves_no_alias(auth_env, model_dir, tmp_path, capfd, monkeypatch,
-                                                               login):
-    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5), "--promote", "never")
-    assert code == 0, err
-    before = _auth_client(auth_env)
+def test_refused_login_exits_2_in_one_line_and_moves_no_alias(auth_env, registered, model_dir, tmp_path, capfd,
+                                                               monkeypatch, login):
+    before = _auth_client(auth_env)  # the experiment and the model exist, owned by the pipeline's user
 
     if login == "wrong password":
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", WRONG)
@@ -593,10 +605,8 @@ def test_refused_login_exits_2_in_one_line_and_moves_no_alias(auth_env, model_di
     assert _auth_client(auth_env) == before  # no alias moved, no version created
 
 
-def test_a_user_without_edit_permission_is_told_so(auth_env, model_dir, tmp_path, capfd, monkeypatch):
-    code, _, err = register(capfd, model_dir, write_eval(tmp_path / "e.json", 0.5), "--promote", "never")
-    assert code == 0, err  # the experiment and the model exist, owned by the pipeline's user
-    before = _auth_client(auth_env)
+def test_a_user_without_edit_permission_is_told_so(auth_env, registered, model_dir, tmp_path, capfd, monkeypatch):
+    before = _auth_client(auth_env)  # the experiment and the model exist, owned by the pipeline's user
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", VIEWER[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", VIEWER[1])
