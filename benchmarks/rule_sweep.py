@@ -300,7 +300,9 @@ def _evidence(vs: dict | None) -> str:
             f"{_pp(i['ci'][1])}] ({i['only_a_right']}/{i['only_b_right']}) | {_p(i['p'])} ")
 
 
-def markdown(meta: dict, rows: list[dict], choice: dict | None, spread: dict | None = None) -> str:
+def markdown(meta: dict, rows: list[dict], choice: dict | None, on_resnets: dict | None = None,
+             spread: dict | None = None) -> str:
+    """The report; ``on_resnets`` is ``default_choice(rows, stages=True)``, ``spread`` is :func:`breadth`'s."""
     s, m = meta["settings"], meta["machine"]
     lines = [
         f"# Selection rules against full fine-tuning and random layers ({meta['name']})", "",
@@ -343,7 +345,6 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None, spread: dict | N
                      "parameters among full and the configurations that run on every architecture (random layers "
                      "included), with every seed done, whose accuracy is not significantly below full's (one-sided "
                      f"p >= {ALPHA} over seeds and over images).")
-        on_resnets = default_choice(rows, stages=True)
         if on_resnets is not None and on_resnets is not choice:
             lines += ["", f"With the stage rules admitted, which need a ResNet's stages: **{on_resnets['config']}**, "
                       f"{100 * on_resnets['reduction_vs_full'][0]:.1f}% fewer, accuracy "
@@ -372,7 +373,7 @@ def markdown(meta: dict, rows: list[dict], choice: dict | None, spread: dict | N
     return "\n".join(lines)
 
 
-def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> None:
+def write_plot(path: Path, rows: list[dict], choice: dict | None, on_resnets: dict | None, arch: str) -> None:
     """Accuracy against trainable parameters, one marker per configuration (a random match sits at its entropy
     rule's count, so only entropy rules are labelled); full, the product's default, the paper's rule and the
     default the evidence supports marked."""
@@ -397,7 +398,6 @@ def write_plot(path: Path, rows: list[dict], choice: dict | None, arch: str) -> 
              (f"entropy {PAPER_RULE}", "tab:red", 160, "the paper's rule")]
     if choice is not None:
         rings.append((choice["config"], "green", 320, "default by the evidence"))
-    on_resnets = default_choice(rows, stages=True)
     if on_resnets is not None and on_resnets is not choice:
         rings.append((on_resnets["config"], "tab:cyan", 320, "the evidence's choice on a ResNet"))
     by = {r["config"]: r for r in rows}
@@ -443,16 +443,15 @@ def write_report(args: argparse.Namespace, meta: dict, jobs: list[dict], work: P
                 "rule": job["rule"]}
                for job in jobs if (path := work / f"result-{file_name(job)}.json").is_file()]
     rows = summarize(results, args.seeds)
-    choice = default_choice(rows)
-    spread = breadth(results)
+    choice, on_resnets, spread = default_choice(rows), default_choice(rows, stages=True), breadth(results)
     meta = {**meta, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "runs_done": len(results), "runs_planned": len(jobs)}
     (args.results / f"{args.name}.json").write_text(json.dumps(
         {"schema_version": 1, **meta, "summary": rows, "default": choice and choice["config"],
-         "default_with_stages": (on_resnets := default_choice(rows, stages=True)) and on_resnets["config"],
+         "default_with_stages": on_resnets and on_resnets["config"],
          "entropy_vs_random": against_random(rows), "breadth": spread, "runs": results}) + "\n")
-    (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice, spread))
-    write_plot(args.results / f"{args.name}.png", rows, choice, args.arch)
+    (args.results / f"{args.name}.md").write_text(markdown(meta, rows, choice, on_resnets, spread))
+    write_plot(args.results / f"{args.name}.png", rows, choice, on_resnets, args.arch)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,13 +20,12 @@ class _Stderr(logging.StreamHandler):
     was made: where stderr is replaced (a notebook, kfp.local's runner, a test's capture) and the old one closed,
     a handler that kept it would fail on every record after."""
 
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # not StreamHandler's, which would bind a stream (as logging.lastResort's)
+
     @property
     def stream(self) -> TextIO:
         return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:  # StreamHandler.__init__ sets it; always the current sys.stderr instead
-        pass
 
 
 def setup_logging(verbose: bool = False) -> None:

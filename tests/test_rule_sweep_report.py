@@ -97,7 +97,8 @@ def test_a_random_match_that_holds_with_fewer_parameters_is_the_default_but_a_st
     entropy_only = [r for r in rows if r["strategy"] != "random"]
     assert default_choice(entropy_only)["config"] == "entropy budget:0.9"
     assert default_choice(entropy_only, stages=True)["config"] == "entropy stage-budget:0.75"
-    text = markdown({**META, "runs_done": 9, "runs_planned": 15}, entropy_only, default_choice(entropy_only))
+    text = markdown({**META, "runs_done": 9, "runs_planned": 15}, entropy_only, default_choice(entropy_only),
+                    default_choice(entropy_only, stages=True))
     assert "With the stage rules admitted, which need a ResNet's stages: **entropy stage-budget:0.75**" in text
     verdict = against_random(rows)
     assert verdict == {"ahead": [], "behind": ["entropy budget:0.5"],
@@ -124,7 +125,7 @@ def test_breadth_counts_whether_the_side_with_more_layers_led_at_the_same_parame
     assert got["runs"] == 7 and got["more_layers_at_the_same_params"] == {"ahead": 2, "behind": 0, "tied": 0}
     assert got["spearman_layers"] > got["spearman_params"]  # params tie within each pair, layers do not
     rows = summarize(results, seeds=2)
-    text = markdown({**META, "runs_done": 8, "runs_planned": 8}, rows, default_choice(rows), got)
+    text = markdown({**META, "runs_done": 8, "runs_planned": 8}, rows, default_choice(rows), spread=got)
     assert got["sign_test_p"] == pytest.approx(0.5)  # two of two ahead: binomtest(2, 2).pvalue
     assert "the one with more layers was ahead in 2, behind in 0 and level in 0 (two-sided sign test p = 0.5" in text
 

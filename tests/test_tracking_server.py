@@ -552,8 +552,8 @@ def _auth_client(server):
 @pytest.fixture(scope="module")
 def registered(auth_users, model_dir, tmp_path_factory) -> tuple[dict, str]:
     """One registration as the pipeline's user (``--promote always``), in a process of its own like a pipeline
-    pod: its JSON summary and stderr. The tests below share it, because against basic-auth every request checks
-    a password hash and one registration takes about 30 s on 2 cores."""
+    pod: its JSON summary and stderr. The tests below share it, because one registration against basic-auth
+    takes about 30 s on 2 cores."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": auth_users.url, "MLFLOW_EXPERIMENT_NAME": AUTH_EXPERIMENT,
            "MLFLOW_TRACKING_USERNAME": PIPELINE_USER, "MLFLOW_TRACKING_PASSWORD": MARKER}
     eval_uri = write_eval(tmp_path_factory.mktemp("registered") / "eval.json", 0.6)
